@@ -1,0 +1,37 @@
+"""``celery_saga.install(app)``: register the internal tasks and bind the saga steps."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from .execution import register_tasks
+from .step import bind_steps
+
+__all__ = ["install"]
+
+_INSTALLED_ATTR = "_celery_saga_installed"
+
+
+def _on_after_finalize(sender: Celery, **_: Any) -> None:
+    bind_steps(sender)
+
+
+def install(app: Celery) -> Celery:
+    """Make a Celery app saga-ready; calling it again does nothing.
+
+    Registers the ``celery_saga.*`` tasks and binds every ``@saga_step`` task of the
+    app (``@shared_task`` ones included) when the app is finalized. Call it where the
+    app is created, so that workers and producers both run it.
+
+    .. versionadded:: 0.1
+    """
+    if app.__dict__.get(_INSTALLED_ATTR):
+        return app
+    setattr(app, _INSTALLED_ATTR, True)
+    register_tasks(app)
+    app.on_after_finalize.connect(_on_after_finalize, sender=app, weak=False)
+    if getattr(app, "finalized", False):
+        bind_steps(app)
+    return app

@@ -1,0 +1,106 @@
+"""Settings: ``saga_*`` keys on the Celery app's ``conf``, resolved once into a typed config.
+
+================================= ================================= ================================
+setting                           default                           meaning
+================================= ================================= ================================
+``saga_store_url``                ``sqlite:///celery_saga.sqlite3`` SQLAlchemy URL of the store
+``saga_store_engine_options``     ``{}``                            ``create_engine`` keywords
+``saga_create_tables``            ``True``                          create/upgrade tables on use
+``saga_step_lease``               ``600``                           seconds a claim is owned
+``saga_max_result_bytes``         ``1048576``                       largest JSON result of a step
+``saga_compensation_max_retries`` ``5``                             retries of a compensation
+``saga_compensation_retry_delay`` ``1.0``                           first delay, doubling, <= 60 s
+``saga_store_max_retries``        ``30``                            step retries while store is down
+``saga_result_poll_interval``     ``0.01``                          first poll of ``SagaResult.get``
+================================= ================================= ================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from celery import Celery
+
+from .errors import SagaConfigurationError
+
+__all__ = ["DEFAULT_STORE_URL", "SagaConfig", "get_config"]
+
+DEFAULT_STORE_URL = "sqlite:///celery_saga.sqlite3"
+_CACHE_ATTR = "_celery_saga_config"
+
+
+@dataclass(frozen=True)
+class SagaConfig:
+    """The ``saga_*`` settings of one Celery app, checked and typed.
+
+    .. versionadded:: 0.1
+    """
+
+    store_url: str = DEFAULT_STORE_URL
+    store_engine_options: Mapping[str, Any] = field(default_factory=dict)
+    create_tables: bool = True
+    step_lease: float = 600.0
+    max_result_bytes: int = 1024 * 1024
+    compensation_max_retries: int = 5
+    compensation_retry_delay: float = 1.0
+    store_max_retries: int = 30
+    result_poll_interval: float = 0.01
+
+    @classmethod
+    def from_conf(cls, conf: Mapping[str, Any]) -> SagaConfig:
+        """Read and check the ``saga_*`` keys of a Celery ``app.conf``."""
+        defaults = cls()
+
+        def number(key: str, default: float, *, minimum: float = 0.0) -> float:
+            value = conf.get(f"saga_{key}")
+            if value is None:
+                return default
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise SagaConfigurationError(
+                    f"saga_{key} must be a number, got {type(value).__name__}: {value!r}"
+                )
+            if value < minimum:
+                raise SagaConfigurationError(f"saga_{key} must be >= {minimum}, got {value!r}")
+            return float(value)
+
+        url = conf.get("saga_store_url") or defaults.store_url
+        if not isinstance(url, str):
+            raise SagaConfigurationError(
+                f"saga_store_url must be a SQLAlchemy URL string, got {url!r}"
+            )
+        engine_options = conf.get("saga_store_engine_options") or {}
+        if not isinstance(engine_options, Mapping):
+            raise SagaConfigurationError(
+                f"saga_store_engine_options must be a mapping, got {engine_options!r}"
+            )
+        create_tables = conf.get("saga_create_tables")
+        return cls(
+            store_url=url,
+            store_engine_options=dict(engine_options),
+            create_tables=defaults.create_tables if create_tables is None else bool(create_tables),
+            step_lease=number("step_lease", defaults.step_lease, minimum=1.0),
+            max_result_bytes=int(
+                number("max_result_bytes", defaults.max_result_bytes, minimum=1.0)
+            ),
+            compensation_max_retries=int(
+                number("compensation_max_retries", defaults.compensation_max_retries)
+            ),
+            compensation_retry_delay=number(
+                "compensation_retry_delay", defaults.compensation_retry_delay
+            ),
+            store_max_retries=int(number("store_max_retries", defaults.store_max_retries)),
+            result_poll_interval=number(
+                "result_poll_interval", defaults.result_poll_interval, minimum=0.001
+            ),
+        )
+
+
+def get_config(app: Celery) -> SagaConfig:
+    """Return the app's saga config, reading ``app.conf`` the first time only."""
+    config: SagaConfig | None = app.__dict__.get(_CACHE_ATTR)
+    if config is None:
+        config = SagaConfig.from_conf(app.conf)
+        setattr(app, _CACHE_ATTR, config)
+    return config

@@ -1,0 +1,289 @@
+"""What runs inside a worker: claim a step, run it, record it, hand on or compensate.
+
+Forward steps travel as an ordinary Celery chain. Every step message carries the saga
+header (saga id, step index, step count) and, as ``link_error``, the chain of
+``celery_saga.compensate`` messages for the steps before it, newest first. Each
+transition is committed to the store before Celery publishes the next message.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any
+
+from celery import Celery, Task
+from celery.exceptions import Ignore, Reject, Retry
+from celery.utils.log import get_task_logger
+from kombu.utils.json import dumps as json_dumps
+
+from ._errors import describe_error
+from ._runtime import get_store
+from .config import get_config
+from .errors import SagaConfigurationError, SagaStoreError, SagaValidationError
+from .status import SagaStatus
+from .step import StepDefinition
+from .store import ClaimOutcome
+
+__all__ = [
+    "COMPENSATE_TASK",
+    "HEADER",
+    "StepContext",
+    "current_step",
+    "register_tasks",
+    "run_step",
+]
+
+logger = get_task_logger(__name__)
+
+#: The message header that makes a task run as a saga step.
+HEADER = "celery_saga"
+#: The internal task that runs one compensation.
+COMPENSATE_TASK = "celery_saga.compensate"
+
+_IDEMPOTENCY_NAMESPACE = uuid.UUID("7d2c8f0e-5b1a-4b8e-9a53-3c1f0f6a9e21")
+_MAX_STORE_RETRY_DELAY = 30.0
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """Who is running: returned by :func:`current_step` inside a saga step or compensation.
+
+    .. versionadded:: 0.1
+    """
+
+    saga_id: str
+    saga_name: str
+    step_index: int
+    step_name: str
+    attempt: int
+    compensating: bool = False
+
+    @property
+    def idempotency_key(self) -> str:
+        """A key that stays the same across retries and redeliveries of this step.
+
+        Pass it to payment-style APIs. The compensation of a step has its own key.
+        """
+        role = "compensate" if self.compensating else "step"
+        name = f"{self.saga_id}\x00{self.step_index}\x00{role}"
+        return str(uuid.uuid5(_IDEMPOTENCY_NAMESPACE, name))
+
+
+_current: ContextVar[StepContext | None] = ContextVar("celery_saga_current_step", default=None)
+
+
+def current_step() -> StepContext | None:
+    """The saga step (or compensation) running in this context, or None outside one.
+
+    .. versionadded:: 0.1
+    """
+    return _current.get()
+
+
+@contextmanager
+def _running(context: StepContext) -> Iterator[None]:
+    token = _current.set(context)
+    try:
+        yield
+    finally:
+        _current.reset(token)
+
+
+def _store_retry(task: Task[Any, Any], exc: SagaStoreError) -> Retry:
+    """Retry the message later: the store is down, and the saga must not move without it."""
+    config = get_config(task.app)
+    delay = min(2.0**task.request.retries, _MAX_STORE_RETRY_DELAY)
+    logger.warning("%s; retrying %s in %.0f s", exc, task.name, delay)
+    return task.retry(exc=exc, countdown=delay, max_retries=config.store_max_retries)
+
+
+def _check_result(result: Any, limit: int, step_name: str) -> None:
+    try:
+        encoded = json_dumps(result)
+    except (TypeError, ValueError) as exc:
+        raise SagaValidationError(
+            f"saga step {step_name!r} returned a value that is not JSON-serialisable "
+            f"({exc}); return plain data (dict, list, str, numbers) from saga steps"
+        ) from exc
+    if len(encoded) > limit:
+        raise SagaValidationError(
+            f"saga step {step_name!r} returned {len(encoded)} bytes of JSON, over the "
+            f"saga_max_result_bytes limit of {limit}; store large data elsewhere and "
+            f"return a reference to it"
+        )
+
+
+def run_step(
+    task: Task[Any, Any],
+    definition: StepDefinition,
+    original: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Any:
+    """The ``run`` of a saga step task: the original function, wrapped in the saga protocol."""
+    request = task.request
+    header: Mapping[str, Any] | None = request.get(HEADER) if request is not None else None
+    if not header:
+        return original(*args, **kwargs)
+
+    saga_id: str = header["id"]
+    index: int = header["i"]
+    config = get_config(task.app)
+    store = get_store(task.app)
+    token = uuid.uuid4().hex
+    lease = config.step_lease
+    if task.time_limit:
+        lease = max(lease, float(task.time_limit) + 30.0)
+    try:
+        claim = store.claim_step(saga_id, index, token, args, kwargs, lease)
+    except SagaStoreError as exc:
+        raise _store_retry(task, exc) from exc
+
+    if claim.outcome is ClaimOutcome.DONE:
+        logger.info(
+            "saga %s step %d (%s) already succeeded: passing its result on",
+            saga_id,
+            index,
+            task.name,
+        )
+        return claim.result
+    if claim.outcome is not ClaimOutcome.CLAIMED:
+        logger.info(
+            "saga %s step %d (%s) not run: %s", saga_id, index, task.name, claim.outcome.value
+        )
+        raise Ignore()
+
+    context = StepContext(
+        saga_id=saga_id,
+        saga_name=header.get("name", ""),
+        step_index=index,
+        step_name=task.name,
+        attempt=claim.attempt,
+    )
+    try:
+        with _running(context):
+            result = original(*args, **kwargs)
+        _check_result(result, config.max_result_bytes, task.name)
+    except (Retry, Reject, Ignore) as exc:
+        # The message comes back (retry, requeue) or is dropped on purpose: free the claim.
+        try:
+            store.release_step(saga_id, index, token, describe_error(exc))
+        except SagaStoreError:
+            logger.exception("saga %s step %d: could not release the claim", saga_id, index)
+        raise
+    except Exception as exc:
+        saga_status = SagaStatus.COMPENSATING if header.get("c") else SagaStatus.COMPENSATED
+        try:
+            recorded = store.fail_step(
+                saga_id, index, token, describe_error(exc), saga_status=saga_status
+            )
+        except SagaStoreError as store_exc:
+            raise _store_retry(task, store_exc) from exc
+        if not recorded:
+            logger.warning(
+                "saga %s step %d: lost its claim; not compensating from here", saga_id, index
+            )
+            raise Ignore() from exc
+        raise
+
+    try:
+        recorded = store.complete_step(saga_id, index, token, result, last=index == header["n"] - 1)
+    except SagaStoreError as exc:
+        raise _store_retry(task, exc) from exc
+    if not recorded:
+        logger.warning(
+            "saga %s step %d: lost its claim before recording; result dropped", saga_id, index
+        )
+        raise Ignore()
+    return result
+
+
+def _compensate(self: Task[Any, Any], saga_id: str, index: int, last: bool = False) -> None:
+    """Run the compensation of one succeeded step (the body of ``celery_saga.compensate``)."""
+    app = self.app
+    config = get_config(app)
+    store = get_store(app)
+    token = uuid.uuid4().hex
+    try:
+        claim = store.claim_compensation(saga_id, index, token, config.step_lease)
+    except SagaStoreError as exc:
+        raise _store_retry(self, exc) from exc
+
+    if claim.outcome is ClaimOutcome.BUSY:
+        logger.info("saga %s: compensation of step %d is running elsewhere", saga_id, index)
+        raise Ignore()
+    if claim.outcome is ClaimOutcome.CLAIMED:
+        step = claim.step
+        assert step is not None
+        assert step.compensate is not None
+        try:
+            compensation = app.tasks.get(step.compensate)
+            if compensation is None:
+                raise SagaConfigurationError(
+                    f"compensation task {step.compensate!r} is not registered in this worker"
+                )
+            context = StepContext(
+                saga_id=saga_id,
+                saga_name="",
+                step_index=index,
+                step_name=step.name,
+                attempt=claim.attempt,
+                compensating=True,
+            )
+            with _running(context):
+                compensation(step.result, *(step.args or ()), **(step.kwargs or {}))
+        except Exception as exc:
+            error = describe_error(exc)
+            retries = self.request.retries
+            can_retry = retries < config.compensation_max_retries and not isinstance(
+                exc, SagaConfigurationError
+            )
+            try:
+                store.finish_compensation(saga_id, index, token, error=error, gave_up=not can_retry)
+            except SagaStoreError as store_exc:
+                raise _store_retry(self, store_exc) from exc
+            if can_retry:
+                delay = min(config.compensation_retry_delay * 2.0**retries, 60.0)
+                logger.warning(
+                    "saga %s: compensation of step %d failed (%s); retry in %.1f s",
+                    saga_id,
+                    index,
+                    error["type"],
+                    delay,
+                )
+                raise self.retry(
+                    exc=exc, countdown=delay, max_retries=config.compensation_max_retries
+                ) from exc
+            logger.error(
+                "saga %s: compensation of step %d gave up: %s: %s",
+                saga_id,
+                index,
+                error["type"],
+                error["message"],
+            )
+        else:
+            try:
+                store.finish_compensation(saga_id, index, token)
+            except SagaStoreError as exc:
+                raise _store_retry(self, exc) from exc
+    if last:
+        try:
+            store.finish_saga_compensation(saga_id)
+        except SagaStoreError as exc:
+            raise _store_retry(self, exc) from exc
+
+
+def register_tasks(app: Celery) -> None:
+    """Register celery_saga's internal tasks on the app."""
+    app.task(
+        name=COMPENSATE_TASK,
+        bind=True,
+        acks_late=True,
+        reject_on_worker_lost=True,
+        ignore_result=True,
+        shared=False,
+    )(_compensate)

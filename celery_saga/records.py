@@ -1,0 +1,81 @@
+"""Read-only views of the saga and step rows, as :class:`~celery_saga.SagaResult` returns them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from .status import SagaStatus, StepStatus
+
+__all__ = ["SagaRecord", "StepRecord"]
+
+
+def _seconds(start: datetime | None, end: datetime | None) -> float | None:
+    if start is None or end is None:
+        return None
+    return (end - start).total_seconds()
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """One step of a saga as stored: what ran, how it went, and how it was undone.
+
+    Timestamps are timezone-aware UTC. ``error`` and ``compensation_error`` are
+    ``{"type", "message", "traceback"}`` mappings.
+
+    .. versionadded:: 0.1
+    """
+
+    saga_id: str
+    index: int
+    stage: int
+    name: str
+    compensate: str | None
+    status: StepStatus
+    attempts: int
+    args: list[Any] | None
+    kwargs: dict[str, Any] | None
+    result: Any
+    error: dict[str, Any] | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    compensation_attempts: int
+    compensation_error: dict[str, Any] | None
+    compensation_started_at: datetime | None
+    compensation_finished_at: datetime | None
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds from the first attempt's start to success or failure."""
+        return _seconds(self.started_at, self.finished_at)
+
+    @property
+    def compensation_duration(self) -> float | None:
+        """Seconds the compensation took, from its first attempt."""
+        return _seconds(self.compensation_started_at, self.compensation_finished_at)
+
+
+@dataclass(frozen=True)
+class SagaRecord:
+    """One saga as stored.
+
+    .. versionadded:: 0.1
+    """
+
+    id: str
+    name: str
+    status: SagaStatus
+    plan: dict[str, Any]
+    plan_hash: str
+    step_count: int
+    error: dict[str, Any] | None
+    failed_step: int | None
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds from the saga being stored to its terminal state."""
+        return _seconds(self.created_at, self.finished_at)

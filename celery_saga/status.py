@@ -1,0 +1,51 @@
+"""Statuses of sagas and of their steps, as stored in the saga tables."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+__all__ = ["SagaStatus", "StepStatus"]
+
+
+class SagaStatus(StrEnum):
+    """Where a saga stands.
+
+    ``PENDING`` is also what :class:`~celery_saga.SagaResult` reports for an id the
+    store does not know (yet), like Celery's ``AsyncResult``.
+
+    .. versionadded:: 0.1
+    """
+
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    COMPENSATING = "COMPENSATING"
+    COMPLETED = "COMPLETED"
+    COMPENSATED = "COMPENSATED"
+    FAILED = "FAILED"
+
+    @property
+    def is_terminal(self) -> bool:
+        """True for the statuses a saga never leaves on its own."""
+        return self in _TERMINAL_SAGA
+
+
+_TERMINAL_SAGA = frozenset({SagaStatus.COMPLETED, SagaStatus.COMPENSATED, SagaStatus.FAILED})
+
+
+class StepStatus(StrEnum):
+    """Where one step of a saga stands.
+
+    A step that never started (because an earlier one failed) stays ``PENDING``.
+    A succeeded step that has been undone is ``COMPENSATED``; one whose compensation
+    gave up is ``COMPENSATION_FAILED`` (the saga is then ``FAILED``).
+
+    .. versionadded:: 0.1
+    """
+
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    COMPENSATING = "COMPENSATING"
+    COMPENSATED = "COMPENSATED"
+    COMPENSATION_FAILED = "COMPENSATION_FAILED"

@@ -1,0 +1,195 @@
+"""``@saga_step``: mark a Celery task as a saga step, with its compensation.
+
+The decorator does not replace the task: it returns the very object it was given, so
+the task keeps its name, queue, routing, rate limit and retry options, and ``.delay()``
+outside a saga behaves exactly as before. What changes is the task's ``run``: when a
+message carries the saga header, the step is claimed in the store, run, and its result
+recorded; without the header the original function runs untouched.
+
+Tasks made by ``@app.task`` are bound at once (or when Celery evaluates the lazy task);
+``@shared_task`` tasks are bound when an app that went through
+:func:`celery_saga.install` is finalized.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar, overload
+
+from celery import Celery, Task
+from celery.local import PromiseProxy, Proxy
+
+__all__ = ["StepDefinition", "bind_steps", "saga_step", "step_definition", "task_name"]
+
+TaskT = TypeVar("TaskT")
+
+#: Step definitions by the function behind the task (for lazy and shared tasks).
+_BY_FUNCTION: dict[Callable[..., Any], StepDefinition] = {}
+#: Step definitions by task name (for class-based tasks).
+_BY_NAME: dict[str, StepDefinition] = {}
+
+_DEFINITION_ATTR = "_celery_saga_step"
+_ORIGINAL_RUN_ATTR = "_celery_saga_original_run"
+
+
+def _is_proxy(obj: object) -> bool:
+    return type(obj) in (Proxy, PromiseProxy)
+
+
+def task_name(obj: object) -> str:
+    """The Celery task name of a task object, a task proxy, or a name string."""
+    if isinstance(obj, str):
+        return obj
+    name = getattr(obj, "name", None)
+    if not isinstance(name, str):
+        raise TypeError(f"expected a Celery task or a task name, got {obj!r}")
+    return name
+
+
+@dataclass(frozen=True, eq=False)
+class StepDefinition:
+    """What ``@saga_step`` attached to a task.
+
+    .. versionadded:: 0.1
+    """
+
+    compensate: object | None = None
+
+    @property
+    def compensation_name(self) -> str | None:
+        """The name of the compensation task (resolved lazily: it may be a lazy task)."""
+        return None if self.compensate is None else task_name(self.compensate)
+
+
+def _underlying_function(obj: object) -> Callable[..., Any] | None:
+    """The function a task was made from, without evaluating a lazy task."""
+    if type(obj) is PromiseProxy and not obj.__evaluated__():
+        args = object.__getattribute__(obj, "_Proxy__args")
+        fun = args[0] if args else None
+        return fun if callable(fun) else None
+    if type(obj) is Proxy:  # @shared_task: the proxy's factory closes over the function
+        factory = object.__getattribute__(obj, "_Proxy__local")
+        fun = inspect.getclosurevars(factory).nonlocals.get("fun")
+        return fun if callable(fun) else None
+    if isinstance(obj, Task):
+        return _task_function(obj)
+    return None
+
+
+def _task_function(task: Task[Any, Any]) -> Callable[..., Any] | None:
+    wrapped = getattr(task, "__wrapped__", None)
+    wrapped = getattr(wrapped, "__func__", wrapped)
+    return wrapped if callable(wrapped) else None
+
+
+def _bind(task: Task[Any, Any], definition: StepDefinition) -> None:
+    """Wrap the task's ``run`` so it runs as a saga step when the saga header is present."""
+    if task.__dict__.get(_DEFINITION_ATTR) is definition:
+        return
+    original: Callable[..., Any] = task.__dict__.get(_ORIGINAL_RUN_ATTR) or task.run
+
+    from .execution import run_step  # imported late: execution needs the app machinery
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        return run_step(task, definition, original, args, kwargs)
+
+    run.__name__ = getattr(original, "__name__", "run")
+    run.__doc__ = getattr(original, "__doc__", None)
+    task.__dict__[_ORIGINAL_RUN_ATTR] = original
+    task.__dict__[_DEFINITION_ATTR] = definition
+    task.run = run  # type: ignore[method-assign]
+
+
+def bind_steps(app: Celery) -> None:
+    """Bind every registered saga step among the app's tasks (idempotent)."""
+    for task in list(app.tasks.values()):
+        function = _task_function(task)
+        definition = (_BY_FUNCTION.get(function) if function else None) or _BY_NAME.get(task.name)
+        if definition is not None:
+            _bind(task, definition)
+
+
+def step_definition(task: Task[Any, Any]) -> StepDefinition | None:
+    """The saga step definition bound to a task, if it is one."""
+    definition: StepDefinition | None = task.__dict__.get(_DEFINITION_ATTR)
+    return definition
+
+
+def _check_compensate(compensate: object) -> None:
+    if compensate is None or isinstance(compensate, str) or _is_proxy(compensate):
+        return
+    if isinstance(compensate, Task):
+        return
+    raise TypeError(
+        f"compensate= takes a Celery task (decorated with @app.task or @shared_task) or a "
+        f"task name string, got {compensate!r}"
+    )
+
+
+def _decorate(task: Any, definition: StepDefinition) -> Any:
+    if type(task) is PromiseProxy and not task.__evaluated__():
+        function = _underlying_function(task)
+        if function is not None:
+            _BY_FUNCTION[function] = definition
+        task.__then__(lambda: _bind(task._get_current_object(), definition))
+        return task
+    if type(task) is Proxy:
+        function = _underlying_function(task)
+        if function is None:
+            raise TypeError(f"@saga_step cannot find the function behind {task!r}")
+        _BY_FUNCTION[function] = definition
+        return task
+    if type(task) is PromiseProxy:
+        task = task._get_current_object()
+    if not isinstance(task, Task):
+        raise TypeError(
+            "@saga_step goes on top of a Celery task: write @saga_step(...) above "
+            f"@app.task or @shared_task (got {task!r})"
+        )
+    function = _task_function(task)
+    if function is not None:
+        _BY_FUNCTION[function] = definition
+    else:
+        _BY_NAME[task.name] = definition
+    _bind(task, definition)
+    return task
+
+
+@overload
+def saga_step(task: TaskT, /) -> TaskT: ...
+
+
+@overload
+def saga_step(*, compensate: object | None = None) -> Callable[[TaskT], TaskT]: ...
+
+
+def saga_step(task: Any = None, /, *, compensate: object | None = None) -> Any:
+    """Mark a Celery task as a saga step.
+
+    Stack it on top of ``@app.task`` or ``@shared_task``::
+
+        @saga_step(compensate=refund_payment)
+        @app.task
+        def charge_payment(order_id, amount): ...
+
+    Args:
+        task: the task, when used bare as ``@saga_step`` (no compensation).
+        compensate: the task that undoes this step: a task object or a task name. It is
+            called as ``compensate(result, *args, **kwargs)`` with the step's stored
+            result and the arguments the step ran with. A step without one is taken as
+            needing no undo.
+
+    .. versionadded:: 0.1
+    """
+    _check_compensate(compensate)
+    definition = StepDefinition(compensate=compensate)
+    if task is not None:
+        return _decorate(task, definition)
+
+    def decorator(inner: TaskT) -> TaskT:
+        decorated: TaskT = _decorate(inner, definition)
+        return decorated
+
+    return decorator

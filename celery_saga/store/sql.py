@@ -1,0 +1,568 @@
+"""The SQL saga store: SQLite, PostgreSQL and MySQL/MariaDB through SQLAlchemy Core.
+
+Features:
+    Every transition is one short transaction, committed before the caller publishes the
+    next message. A step is owned through a claim (fencing token + lease): a second
+    delivery of the same step cannot claim it while the lease is alive, and a late owner
+    whose token was replaced cannot record its result.
+
+Connection string:
+    Any SQLAlchemy URL: ``sqlite:///celery_saga.sqlite3`` (the default, a file in the
+    working directory), ``postgresql+psycopg://user@host/db``,
+    ``mysql+pymysql://user@host/db``.
+
+Options:
+    ``saga_store_engine_options`` is passed to :func:`sqlalchemy.create_engine`.
+    On SQLite the store turns on WAL and a 30 s busy timeout, and begins write
+    transactions with ``BEGIN IMMEDIATE`` so that worker processes queue for the lock
+    instead of failing.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from kombu.utils.json import dumps as json_dumps
+from kombu.utils.json import loads as json_loads
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Row,
+    and_,
+    case,
+    create_engine,
+    delete,
+    event,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.pool import StaticPool
+
+from ..errors import SagaStoreError
+from ..records import SagaRecord, StepRecord
+from ..status import SagaStatus, StepStatus
+from . import migrations
+from .schema import saga_steps, sagas
+
+__all__ = ["Claim", "ClaimOutcome", "SagaStore", "utcnow"]
+
+_READ = {"celery_saga_read": True}
+
+
+def utcnow() -> datetime:
+    """Now, as the naive UTC timestamp the tables store."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    return None if value is None else value.replace(tzinfo=UTC)
+
+
+class ClaimOutcome(enum.Enum):
+    """What a claim of a step (or of its compensation) found."""
+
+    CLAIMED = "claimed"  #: the caller owns it now and must run it
+    DONE = "done"  #: it already ran to the end; ``Claim.result`` holds the stored result
+    BUSY = "busy"  #: another delivery owns it under a live lease
+    STOPPED = "stopped"  #: the saga is not in a state where this may run
+    MISSING = "missing"  #: no such saga or step in the store
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The outcome of a claim; on ``CLAIMED`` also the step's stored row."""
+
+    outcome: ClaimOutcome
+    token: str | None = None
+    attempt: int = 0
+    result: Any = None
+    step: StepRecord | None = None
+
+
+def _step_record(row: Row[Any]) -> StepRecord:
+    m = row._mapping
+    return StepRecord(
+        saga_id=m["saga_id"],
+        index=m["idx"],
+        stage=m["stage"],
+        name=m["task"],
+        compensate=m["compensate"],
+        status=StepStatus(m["status"]),
+        attempts=m["attempts"],
+        args=m["args"],
+        kwargs=m["kwargs"],
+        result=m["result"],
+        error=m["error"],
+        started_at=_aware(m["started_at"]),
+        finished_at=_aware(m["finished_at"]),
+        compensation_attempts=m["compensation_attempts"],
+        compensation_error=m["compensation_error"],
+        compensation_started_at=_aware(m["compensation_started_at"]),
+        compensation_finished_at=_aware(m["compensation_finished_at"]),
+    )
+
+
+def _saga_record(row: Row[Any]) -> SagaRecord:
+    m = row._mapping
+    created_at = _aware(m["created_at"])
+    updated_at = _aware(m["updated_at"])
+    assert created_at is not None
+    assert updated_at is not None
+    return SagaRecord(
+        id=m["id"],
+        name=m["name"],
+        status=SagaStatus(m["status"]),
+        plan=m["plan"],
+        plan_hash=m["plan_hash"],
+        step_count=m["step_count"],
+        error=m["error"],
+        failed_step=m["failed_step"],
+        created_at=created_at,
+        updated_at=updated_at,
+        finished_at=_aware(m["finished_at"]),
+    )
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event below issue BEGIN, not the sqlite3 module.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA busy_timeout = 30000")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        if engine.url.database not in (None, "", ":memory:"):
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        read_only = connection.get_execution_options().get("celery_saga_read", False)
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+
+def make_engine(url: str, options: Mapping[str, Any] | None = None) -> Engine:
+    """Create the engine of a saga store, with kombu's JSON for the JSON columns."""
+    kwargs: dict[str, Any] = {"json_serializer": json_dumps, "json_deserializer": json_loads}
+    parsed = make_url(url)
+    is_sqlite = parsed.get_backend_name() == "sqlite"
+    if is_sqlite and parsed.database in (None, "", ":memory:"):
+        kwargs["poolclass"] = StaticPool
+        kwargs["connect_args"] = {"check_same_thread": False}
+    kwargs.update(options or {})
+    engine = create_engine(parsed, **kwargs)
+    if is_sqlite:
+        _configure_sqlite(engine)
+    return engine
+
+
+class SagaStore:
+    """Saga and step rows in a SQL database.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        engine_options: Mapping[str, Any] | None = None,
+        create_tables: bool = True,
+    ) -> None:
+        self.engine = make_engine(url, engine_options)
+        self.create_tables = create_tables
+        self._schema_ready = False
+
+    # -- plumbing -----------------------------------------------------------------
+
+    @property
+    def safe_url(self) -> str:
+        """The store's URL with any password hidden."""
+        return self.engine.url.render_as_string(hide_password=True)
+
+    def ensure_schema(self) -> None:
+        """Create or upgrade the tables, once per process (if ``create_tables``)."""
+        if self._schema_ready or not self.create_tables:
+            return
+        with self._errors("create the saga tables"):
+            migrations.upgrade(self.engine)
+        self._schema_ready = True
+
+    @contextmanager
+    def _errors(self, doing: str) -> Iterator[None]:
+        try:
+            yield
+        except (OperationalError, DBAPIError) as exc:
+            if isinstance(exc, IntegrityError):
+                raise
+            raise SagaStoreError(
+                f"saga store {self.safe_url} could not {doing}: "
+                f"{type(exc.orig).__name__ if exc.orig else type(exc).__name__}: "
+                f"{str(exc.orig or exc).strip().splitlines()[0]}"
+            ) from exc
+
+    @contextmanager
+    def _write(self, doing: str) -> Iterator[Connection]:
+        self.ensure_schema()
+        with self._errors(doing), self.engine.begin() as connection:
+            yield connection
+
+    @contextmanager
+    def _read(self, doing: str) -> Iterator[Connection]:
+        self.ensure_schema()
+        with self._errors(doing), self.engine.connect() as connection:
+            yield connection.execution_options(**_READ)
+
+    def dispose(self, *, close: bool = True) -> None:
+        """Drop the connection pool (``close=False`` in a forked child)."""
+        self.engine.dispose(close=close)
+
+    # -- starting ----------------------------------------------------------------
+
+    def create_saga(
+        self, saga_row: Mapping[str, Any], step_rows: Sequence[Mapping[str, Any]]
+    ) -> SagaRecord | None:
+        """Insert a saga and its steps; return the existing saga if the id is taken."""
+        try:
+            with self._write("store the saga") as connection:
+                connection.execute(insert(sagas).values(**saga_row))
+                connection.execute(insert(saga_steps), list(step_rows))
+        except IntegrityError:
+            existing = self.get_saga(str(saga_row["id"]))
+            if existing is None:
+                raise
+            return existing
+        return None
+
+    def delete_saga(self, saga_id: str) -> None:
+        """Remove a saga and its steps (used when its first message could not be sent)."""
+        with self._write("delete the saga") as connection:
+            connection.execute(delete(saga_steps).where(saga_steps.c.saga_id == saga_id))
+            connection.execute(delete(sagas).where(sagas.c.id == saga_id))
+
+    # -- forward steps ------------------------------------------------------------
+
+    def claim_step(
+        self,
+        saga_id: str,
+        index: int,
+        token: str,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+        lease: float,
+    ) -> Claim:
+        """Take ownership of a pending step (or one whose owner's lease ran out)."""
+        now = utcnow()
+        c = saga_steps.c
+        stmt = (
+            update(saga_steps)
+            .where(
+                c.saga_id == saga_id,
+                c.idx == index,
+                or_(
+                    c.status == StepStatus.PENDING,
+                    and_(c.status == StepStatus.RUNNING, c.lease_expires_at < now),
+                ),
+                exists().where(sagas.c.id == saga_id, sagas.c.status == SagaStatus.RUNNING),
+            )
+            .values(
+                status=StepStatus.RUNNING,
+                attempts=c.attempts + 1,
+                claim=token,
+                lease_expires_at=now + timedelta(seconds=lease),
+                started_at=func.coalesce(c.started_at, now),
+                args=list(args),
+                kwargs=dict(kwargs),
+            )
+        )
+        with self._write("claim the step") as connection:
+            if self.engine.dialect.update_returning:
+                attempt = connection.execute(stmt.returning(c.attempts)).scalar()
+            else:
+                claimed = connection.execute(stmt).rowcount == 1
+                attempt = self._attempts(connection, saga_id, index) if claimed else None
+        if attempt is not None:
+            return Claim(ClaimOutcome.CLAIMED, token=token, attempt=int(attempt))
+        return self._why_not_claimed(saga_id, index, now)
+
+    @staticmethod
+    def _attempts(connection: Connection, saga_id: str, index: int) -> int | None:
+        c = saga_steps.c
+        return connection.execute(
+            select(c.attempts).where(c.saga_id == saga_id, c.idx == index)
+        ).scalar()
+
+    def _why_not_claimed(self, saga_id: str, index: int, now: datetime) -> Claim:
+        c = saga_steps.c
+        query = (
+            select(c.status, c.result, c.lease_expires_at, sagas.c.status.label("saga_status"))
+            .join(sagas, sagas.c.id == c.saga_id)
+            .where(c.saga_id == saga_id, c.idx == index)
+        )
+        with self._read("read the step") as connection:
+            row = connection.execute(query).first()
+        if row is None:
+            return Claim(ClaimOutcome.MISSING)
+        status = StepStatus(row.status)
+        if status == StepStatus.SUCCEEDED and row.saga_status in (
+            SagaStatus.RUNNING,
+            SagaStatus.COMPLETED,
+        ):
+            return Claim(ClaimOutcome.DONE, result=row.result)
+        if status == StepStatus.RUNNING and row.saga_status == SagaStatus.RUNNING:
+            return Claim(ClaimOutcome.BUSY)
+        return Claim(ClaimOutcome.STOPPED)
+
+    def complete_step(
+        self, saga_id: str, index: int, token: str, result: Any, *, last: bool
+    ) -> bool:
+        """Record a step's result (and the saga's completion after its last step).
+
+        Returns False, writing nothing, if the caller no longer owns the step.
+        """
+        now = utcnow()
+        c = saga_steps.c
+        with self._write("record the step's result") as connection:
+            owned = connection.execute(
+                update(saga_steps)
+                .where(
+                    c.saga_id == saga_id,
+                    c.idx == index,
+                    c.claim == token,
+                    c.status == StepStatus.RUNNING,
+                )
+                .values(
+                    status=StepStatus.SUCCEEDED,
+                    result=result,
+                    finished_at=now,
+                    lease_expires_at=None,
+                )
+            ).rowcount
+            if owned != 1:
+                connection.rollback()
+                return False
+            if last:
+                connection.execute(
+                    update(sagas)
+                    .where(sagas.c.id == saga_id, sagas.c.status == SagaStatus.RUNNING)
+                    .values(status=SagaStatus.COMPLETED, finished_at=now, updated_at=now)
+                )
+        return True
+
+    def fail_step(
+        self,
+        saga_id: str,
+        index: int,
+        token: str,
+        error: Mapping[str, Any],
+        *,
+        saga_status: SagaStatus,
+    ) -> bool:
+        """Record a step's final failure and move the saga to ``saga_status``.
+
+        Returns False, writing nothing, if the caller no longer owns the step.
+        """
+        now = utcnow()
+        c = saga_steps.c
+        with self._write("record the step's failure") as connection:
+            owned = connection.execute(
+                update(saga_steps)
+                .where(
+                    c.saga_id == saga_id,
+                    c.idx == index,
+                    c.claim == token,
+                    c.status == StepStatus.RUNNING,
+                )
+                .values(
+                    status=StepStatus.FAILED,
+                    error=dict(error),
+                    finished_at=now,
+                    lease_expires_at=None,
+                )
+            ).rowcount
+            if owned != 1:
+                connection.rollback()
+                return False
+            connection.execute(
+                update(sagas)
+                .where(sagas.c.id == saga_id, sagas.c.status == SagaStatus.RUNNING)
+                .values(
+                    status=saga_status,
+                    error=dict(error),
+                    failed_step=index,
+                    updated_at=now,
+                    finished_at=now if saga_status.is_terminal else None,
+                )
+            )
+        return True
+
+    def release_step(
+        self, saga_id: str, index: int, token: str, error: Mapping[str, Any] | None
+    ) -> None:
+        """Give a claimed step back (it will be retried or redelivered)."""
+        c = saga_steps.c
+        with self._write("release the step") as connection:
+            connection.execute(
+                update(saga_steps)
+                .where(
+                    c.saga_id == saga_id,
+                    c.idx == index,
+                    c.claim == token,
+                    c.status == StepStatus.RUNNING,
+                )
+                .values(status=StepStatus.PENDING, error=error, lease_expires_at=None)
+            )
+
+    # -- compensations ------------------------------------------------------------
+
+    def claim_compensation(self, saga_id: str, index: int, token: str, lease: float) -> Claim:
+        """Take ownership of the compensation of a succeeded step.
+
+        Also moves a still-running saga to ``COMPENSATING`` (its failing step may have
+        died before it could record that).
+        """
+        now = utcnow()
+        c = saga_steps.c
+        with self._write("claim the compensation") as connection:
+            connection.execute(
+                update(sagas)
+                .where(sagas.c.id == saga_id, sagas.c.status == SagaStatus.RUNNING)
+                .values(status=SagaStatus.COMPENSATING, updated_at=now)
+            )
+            claimed = connection.execute(
+                update(saga_steps)
+                .where(
+                    c.saga_id == saga_id,
+                    c.idx == index,
+                    or_(
+                        c.status == StepStatus.SUCCEEDED,
+                        and_(c.status == StepStatus.COMPENSATING, c.lease_expires_at < now),
+                    ),
+                )
+                .values(
+                    status=StepStatus.COMPENSATING,
+                    compensation_attempts=c.compensation_attempts + 1,
+                    claim=token,
+                    lease_expires_at=now + timedelta(seconds=lease),
+                    compensation_started_at=func.coalesce(c.compensation_started_at, now),
+                )
+            ).rowcount
+            row = connection.execute(
+                select(saga_steps).where(c.saga_id == saga_id, c.idx == index)
+            ).first()
+        if row is None:
+            return Claim(ClaimOutcome.MISSING)
+        step = _step_record(row)
+        if claimed == 1:
+            return Claim(
+                ClaimOutcome.CLAIMED,
+                token=token,
+                attempt=step.compensation_attempts,
+                step=step,
+            )
+        if step.status in (StepStatus.COMPENSATED, StepStatus.COMPENSATION_FAILED):
+            return Claim(ClaimOutcome.DONE, step=step)
+        if step.status == StepStatus.COMPENSATING:
+            return Claim(ClaimOutcome.BUSY, step=step)
+        return Claim(ClaimOutcome.STOPPED, step=step)  # never succeeded: nothing to undo
+
+    def finish_compensation(
+        self,
+        saga_id: str,
+        index: int,
+        token: str,
+        *,
+        error: Mapping[str, Any] | None = None,
+        gave_up: bool = False,
+    ) -> bool:
+        """Record a compensation attempt: done (no error), to be retried, or given up."""
+        now = utcnow()
+        c = saga_steps.c
+        values: dict[str, Any]
+        if error is None:
+            values = {
+                "status": StepStatus.COMPENSATED,
+                "compensation_error": None,
+                "compensation_finished_at": now,
+                "lease_expires_at": None,
+            }
+        elif gave_up:
+            values = {
+                "status": StepStatus.COMPENSATION_FAILED,
+                "compensation_error": dict(error),
+                "compensation_finished_at": now,
+                "lease_expires_at": None,
+            }
+        else:  # keep it COMPENSATING with a lapsed lease, so the retry can claim it
+            values = {"compensation_error": dict(error), "lease_expires_at": now}
+        with self._write("record the compensation") as connection:
+            return (
+                connection.execute(
+                    update(saga_steps)
+                    .where(
+                        c.saga_id == saga_id,
+                        c.idx == index,
+                        c.claim == token,
+                        c.status == StepStatus.COMPENSATING,
+                    )
+                    .values(**values)
+                ).rowcount
+                == 1
+            )
+
+    def finish_saga_compensation(self, saga_id: str) -> None:
+        """End a compensating saga: ``FAILED`` if a compensation gave up, else ``COMPENSATED``."""
+        now = utcnow()
+        gave_up = exists().where(
+            saga_steps.c.saga_id == saga_id,
+            saga_steps.c.status == StepStatus.COMPENSATION_FAILED,
+        )
+        with self._write("finish the saga") as connection:
+            connection.execute(
+                update(sagas)
+                .where(
+                    sagas.c.id == saga_id,
+                    sagas.c.status.in_([SagaStatus.RUNNING, SagaStatus.COMPENSATING]),
+                )
+                .values(
+                    status=case((gave_up, SagaStatus.FAILED), else_=SagaStatus.COMPENSATED),
+                    finished_at=now,
+                    updated_at=now,
+                )
+            )
+
+    # -- reading ------------------------------------------------------------------
+
+    def get_saga(self, saga_id: str) -> SagaRecord | None:
+        """The saga's row, or None."""
+        with self._read("read the saga") as connection:
+            row = connection.execute(select(sagas).where(sagas.c.id == saga_id)).first()
+        return None if row is None else _saga_record(row)
+
+    def get_status(self, saga_id: str) -> SagaStatus | None:
+        """Only the saga's status (what ``SagaResult.get`` polls)."""
+        with self._read("read the saga's status") as connection:
+            status = connection.execute(
+                select(sagas.c.status).where(sagas.c.id == saga_id)
+            ).scalar()
+        return None if status is None else SagaStatus(status)
+
+    def get_steps(self, saga_id: str) -> list[StepRecord]:
+        """The saga's steps in plan order."""
+        with self._read("read the steps") as connection:
+            rows = connection.execute(
+                select(saga_steps).where(saga_steps.c.saga_id == saga_id).order_by(saga_steps.c.idx)
+            ).all()
+        return [_step_record(row) for row in rows]
