@@ -1,0 +1,187 @@
+"""The saga behaviour suite, run in every environment (store x broker x worker kind).
+
+Subclasses provide a class-scoped ``env`` fixture (a :class:`tests.support.envs.SagaEnv`).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+
+from celery_saga import SagaCompensated, SagaConflictError, SagaFailed, SagaResult
+from celery_saga.canvas import build_chain
+from celery_saga.status import SagaStatus, StepStatus
+from tests.support.envs import SagaEnv
+
+TIMEOUT = 30
+
+
+def new_id() -> str:
+    return f"t-{uuid.uuid4().hex}"
+
+
+class SagaScenarios:
+    """Semantics 1-3 and 6 of the design, against a real worker."""
+
+    def test_steps_run_in_order_feeding_results(self, env: SagaEnv) -> None:
+        """Forward steps run in order and each .s() step receives the previous result."""
+        result = env.saga(
+            env.sig("act", "o-1", tag="a"), env.sig("act", tag="b"), env.sig("act", tag="c")
+        ).apply_async(saga_id=new_id())
+        value = result.get(timeout=TIMEOUT)
+        assert value["tag"] == "c"
+        assert value["args"][0]["tag"] == "b"
+        assert value["args"][0]["args"][0] == {"tag": "a", "args": ["o-1"]}
+        assert result.status is SagaStatus.COMPLETED
+        assert [e.tag for e in env.ledger.entries(result.id, "do")] == ["a", "b", "c"]
+        steps = result.steps
+        assert [s.status for s in steps] == [StepStatus.SUCCEEDED] * 3
+        assert [s.attempts for s in steps] == [1, 1, 1]
+        assert steps[1].args == [{"tag": "a", "args": ["o-1"]}]
+        assert all(s.duration is not None and s.duration >= 0 for s in steps)
+
+    def test_immutable_step_ignores_previous_result(self, env: SagaEnv) -> None:
+        """An .si() step runs with its own arguments only."""
+        result = env.saga(
+            env.sig("act", 1, tag="a"), env.sig("act", 2, tag="b", immutable=True)
+        ).apply_async(saga_id=new_id())
+        assert result.get(timeout=TIMEOUT) == {"tag": "b", "args": [2]}
+
+    def test_failure_compensates_succeeded_steps_in_reverse_once(self, env: SagaEnv) -> None:
+        """A failing third step gets steps 2 then 1 undone, once each, with their results."""
+        result = env.saga(
+            env.sig("act", "x", tag="a"),
+            env.sig("act", tag="b"),
+            env.sig("act", tag="c", fail=True),
+        ).apply_async(saga_id=new_id())
+        with pytest.raises(SagaCompensated) as raised:
+            result.get(timeout=TIMEOUT)
+        assert raised.value.step_index == 2
+        assert raised.value.step_name == "shop.act"
+        assert raised.value.error["type"] == "tests.support.app.StepFailure"
+        assert "c failed" in str(raised.value)
+        undone = env.ledger.entries(result.id, "undo")
+        assert [e.tag for e in undone] == ["b", "a"]
+        a_result = {"tag": "a", "args": ["x"]}
+        assert undone[1].payload == {"result": a_result, "args": ["x"]}
+        assert undone[0].payload == {"result": {"tag": "b", "args": [a_result]}, "args": [a_result]}
+        assert result.status is SagaStatus.COMPENSATED
+        statuses = [s.status for s in result.steps]
+        assert statuses == [StepStatus.COMPENSATED, StepStatus.COMPENSATED, StepStatus.FAILED]
+        returned = result.get(timeout=TIMEOUT, propagate=False)
+        assert isinstance(returned, SagaCompensated)
+
+    def test_first_step_failure_ends_compensated(self, env: SagaEnv) -> None:
+        """A saga whose first step fails ends COMPENSATED with nothing to undo."""
+        result = env.saga(env.sig("act", tag="a", fail=True), env.sig("act", tag="b")).apply_async(
+            saga_id=new_id()
+        )
+        with pytest.raises(SagaCompensated):
+            result.get(timeout=TIMEOUT)
+        assert env.ledger.entries(result.id, "undo") == []
+        assert [s.status for s in result.steps] == [StepStatus.FAILED, StepStatus.PENDING]
+
+    def test_step_without_compensation_is_left_alone(self, env: SagaEnv) -> None:
+        """Steps without a compensation are passed over; the others are still undone."""
+        result = env.saga(
+            env.sig("act", tag="a"), env.sig("note", tag="n"), env.sig("act", tag="c", fail=True)
+        ).apply_async(saga_id=new_id())
+        with pytest.raises(SagaCompensated):
+            result.get(timeout=TIMEOUT)
+        assert [e.tag for e in env.ledger.entries(result.id, "undo")] == ["a"]
+        assert [s.status for s in result.steps] == [
+            StepStatus.COMPENSATED, StepStatus.SUCCEEDED, StepStatus.FAILED,
+        ]  # fmt: skip
+
+    def test_compensation_retried_until_it_succeeds(self, env: SagaEnv) -> None:
+        """A compensation that fails once is retried and the saga ends COMPENSATED."""
+        result = env.saga(
+            env.sig("act", tag="a", fail_undo=1), env.sig("act", tag="b", fail=True)
+        ).apply_async(saga_id=new_id())
+        with pytest.raises(SagaCompensated):
+            result.get(timeout=TIMEOUT)
+        assert env.ledger.count("undo-attempt", "a", result.id) == 2
+        assert env.ledger.count("undo", "a", result.id) == 1
+        assert result.steps[0].compensation_attempts == 2
+
+    def test_exhausted_compensation_fails_saga_but_others_run(self, env: SagaEnv) -> None:
+        """A compensation that never succeeds makes the saga FAILED; earlier ones still run."""
+        result = env.saga(
+            env.sig("act", tag="a"),
+            env.sig("act", tag="b", fail_undo=-1),
+            env.sig("act", tag="c", fail=True),
+        ).apply_async(saga_id=new_id())
+        with pytest.raises(SagaFailed) as raised:
+            result.get(timeout=TIMEOUT)
+        assert env.ledger.count("undo-attempt", "b", result.id) == 3  # 1 + 2 retries
+        assert env.ledger.count("undo", "a", result.id) == 1
+        assert [e["step_index"] for e in raised.value.compensation_errors] == [1]
+        assert "undo of b failed" in raised.value.compensation_errors[0]["error"]["message"]
+        assert result.status is SagaStatus.FAILED
+        assert result.steps[1].status is StepStatus.COMPENSATION_FAILED
+
+    def test_duplicate_delivery_runs_each_body_once(self, env: SagaEnv) -> None:
+        """Publishing a saga's messages again, during and after the run, runs no body twice."""
+        result = env.saga(
+            env.sig("act", tag="a", sleep=0.5), env.sig("act", tag="b"), env.sig("act", tag="c")
+        ).apply_async(saga_id=new_id())
+        plan = result.record.plan  # type: ignore[union-attr]
+        build_chain(env.app, result.id, plan).apply_async()  # while step a runs
+        assert result.get(timeout=TIMEOUT)["tag"] == "c"
+        build_chain(env.app, result.id, plan).apply_async()  # after the saga completed
+        build_chain(env.app, result.id, plan, start=1).apply_async()
+        time.sleep(1.5)
+        for tag in "abc":
+            assert env.ledger.count("do", tag, result.id) == 1, tag
+        assert result.status is SagaStatus.COMPLETED
+        assert [s.attempts for s in result.steps] == [1, 1, 1]
+
+    def test_saga_id_is_idempotent(self, env: SagaEnv) -> None:
+        """Starting the same saga_id and plan again returns the saga without running it again."""
+        saga_id = new_id()
+        steps = (env.sig("act", 1, tag="a"), env.sig("act", tag="b"))
+        first = env.saga(*steps).apply_async(saga_id=saga_id)
+        first.get(timeout=TIMEOUT)
+        again = env.saga(*steps).apply_async(saga_id=saga_id)
+        assert again == first
+        assert again.get(timeout=TIMEOUT) == first.get(timeout=TIMEOUT)
+        assert env.ledger.count("do", "a", saga_id) == 1
+
+    def test_saga_id_with_other_plan_conflicts(self, env: SagaEnv) -> None:
+        """Reusing a saga_id with a different plan raises SagaConflictError."""
+        saga_id = new_id()
+        env.saga(env.sig("act", 1, tag="a")).apply_async(saga_id=saga_id).get(timeout=TIMEOUT)
+        with pytest.raises(SagaConflictError, match="different plan"):
+            env.saga(env.sig("act", 2, tag="a")).apply_async(saga_id=saga_id)
+
+    def test_result_reattaches_by_id(self, env: SagaEnv) -> None:
+        """A SagaResult made from the id alone reads the same saga."""
+        started = env.saga(env.sig("act", 1, tag="a")).apply_async(saga_id=new_id())
+        again = SagaResult(started.id, app=env.app)
+        assert again.get(timeout=TIMEOUT) == {"tag": "a", "args": [1]}
+        assert again.successful()
+        assert again.ready()
+        assert again.record is not None
+        assert again.record.name == "test"
+
+    def test_celery_retry_inside_a_step(self, env: SagaEnv) -> None:
+        """A step retried by Celery's autoretry counts attempts and keeps its idempotency key."""
+        result = env.saga(env.sig("flaky", tag="f", fail_times=2)).apply_async(saga_id=new_id())
+        assert result.get(timeout=TIMEOUT) == "f"
+        step = result.steps[0]
+        assert step.attempts == 3
+        tries = env.ledger.entries(result.id, "do")
+        assert [e.payload["attempt"] for e in tries] == [1, 2, 3]
+        assert len({e.key for e in tries}) == 1
+
+    def test_unstorable_result_fails_the_step(self, env: SagaEnv) -> None:
+        """A step returning a non-JSON value fails with a clear error and is compensated for."""
+        result = env.saga(env.sig("act", tag="a"), env.sig("opaque", tag="o")).apply_async(
+            saga_id=new_id()
+        )
+        with pytest.raises(SagaCompensated, match="not JSON-serialisable"):
+            result.get(timeout=TIMEOUT)
+        assert env.ledger.count("undo", "a", result.id) == 1
+        assert env.ledger.count("undo", "o", result.id) == 0

@@ -1,0 +1,146 @@
+"""The Celery app the saga tests run: built by a factory so each environment gets its own.
+
+The steps write to a ledger table of their own (not the library's tables), so the tests
+check what really ran against an independent record.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from celery import Celery
+from sqlalchemy import JSON, Column, Integer, MetaData, String, Table, insert, select
+
+import celery_saga
+from celery_saga import current_step, saga_step
+from celery_saga.store import make_engine
+
+ledger_metadata = MetaData()
+ledger_table = Table(
+    "saga_test_ledger",
+    ledger_metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("saga_id", String(255), nullable=True),
+    Column("action", String(32), nullable=False),
+    Column("tag", String(64), nullable=False),
+    Column("payload", JSON, nullable=True),
+    Column("key", String(64), nullable=True),
+)
+
+
+class StepFailure(Exception):
+    """The error the test steps raise on purpose."""
+
+
+class Ledger:
+    """What the test steps and compensations really did, in a table of their own."""
+
+    def __init__(self, url: str) -> None:
+        self.engine = make_engine(url)
+        ledger_metadata.create_all(self.engine, checkfirst=True)
+
+    def add(self, action: str, tag: str, payload: Any = None) -> None:
+        context = current_step()
+        with self.engine.begin() as connection:
+            connection.execute(
+                insert(ledger_table).values(
+                    saga_id=context.saga_id if context else None,
+                    action=action,
+                    tag=tag,
+                    payload=payload,
+                    key=context.idempotency_key if context else None,
+                )
+            )
+
+    def entries(self, saga_id: str | None = None, action: str | None = None) -> list[Any]:
+        query = select(ledger_table).order_by(ledger_table.c.id)
+        if saga_id is not None:
+            query = query.where(ledger_table.c.saga_id == saga_id)
+        if action is not None:
+            query = query.where(ledger_table.c.action == action)
+        with self.engine.connect() as connection:
+            return list(connection.execute(query).all())
+
+    def count(self, action: str, tag: str, saga_id: str | None = None) -> int:
+        return sum(1 for e in self.entries(saga_id, action) if e.tag == tag)
+
+
+def make_app(broker: str, store_url: str, ledger_url: str, queue: str = "celery") -> Celery:
+    """A saga-ready app with the test steps registered under ``shop.*``."""
+    app = Celery("shop", broker=broker, set_as_current=False)
+    app.conf.update(
+        saga_store_url=store_url,
+        saga_compensation_max_retries=2,
+        saga_compensation_retry_delay=0.05,
+        task_default_queue=queue,
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        worker_prefetch_multiplier=1,
+    )
+    if broker.startswith(("memory://", "filesystem://")):
+        app.conf.broker_transport_options = {"polling_interval": 0.01}
+    celery_saga.install(app)
+    ledger = Ledger(ledger_url)
+    app.ledger = ledger  # type: ignore[attr-defined]
+
+    @app.task(name="shop.undo", shared=False)
+    def undo(result: Any, *args: Any, tag: str, fail_undo: int = 0, **kwargs: Any) -> None:
+        """Compensation: fails its first ``fail_undo`` attempts (-1: always)."""
+        ledger.add("undo-attempt", tag, {"result": result, "args": list(args)})
+        attempts = ledger.count("undo-attempt", tag, current_step().saga_id)  # type: ignore[union-attr]
+        if fail_undo < 0 or attempts <= fail_undo:
+            raise StepFailure(f"undo of {tag} failed (attempt {attempts})")
+        ledger.add("undo", tag, {"result": result, "args": list(args)})
+
+    @saga_step(compensate=undo)
+    @app.task(name="shop.act", shared=False)
+    def act(*args: Any, tag: str, fail: bool = False, sleep: float = 0.0, **kwargs: Any) -> Any:
+        """A step: records itself, optionally sleeps and fails, returns its tag and args."""
+        ledger.add("do", tag, {"args": list(args)})
+        if sleep:
+            time.sleep(sleep)
+        if fail:
+            raise StepFailure(f"{tag} failed")
+        return {"tag": tag, "args": list(args)}
+
+    @saga_step
+    @app.task(name="shop.note", shared=False)
+    def note(*args: Any, tag: str, **kwargs: Any) -> str:
+        """A step with no compensation."""
+        ledger.add("do", tag, {"args": list(args)})
+        return tag
+
+    @saga_step(compensate=undo)
+    @app.task(
+        name="shop.flaky",
+        shared=False,
+        autoretry_for=(StepFailure,),
+        retry_kwargs={"max_retries": 3, "countdown": 0.05},
+    )
+    def flaky(*args: Any, tag: str, fail_times: int = 1, **kwargs: Any) -> str:
+        """A step that fails its first ``fail_times`` attempts, retried by Celery."""
+        ledger.add("do", tag, {"attempt": current_step().attempt})  # type: ignore[union-attr]
+        if ledger.count("do", tag, current_step().saga_id) <= fail_times:  # type: ignore[union-attr]
+            raise StepFailure(f"{tag} flaked")
+        return tag
+
+    @saga_step(compensate=undo)
+    @app.task(name="shop.opaque", shared=False)
+    def opaque(*args: Any, tag: str, **kwargs: Any) -> Any:
+        """A step whose result cannot be stored as JSON."""
+        ledger.add("do", tag)
+        return object()
+
+    return app
+
+
+def app_from_env() -> Celery:
+    """The app of a worker process, from the SAGA_TEST_* environment variables."""
+    return make_app(
+        broker=os.environ["SAGA_TEST_BROKER"],
+        store_url=os.environ["SAGA_TEST_STORE"],
+        ledger_url=os.environ["SAGA_TEST_LEDGER"],
+        queue=os.environ.get("SAGA_TEST_QUEUE", "celery"),
+    )
