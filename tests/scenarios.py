@@ -176,6 +176,18 @@ class SagaScenarios:
         assert [e.payload["attempt"] for e in tries] == [1, 2, 3]
         assert len({e.key for e in tries}) == 1
 
+    def test_plain_delay_outside_a_saga_runs_unchanged(self, env: SagaEnv) -> None:
+        """A saga step sent with .delay() runs as a plain task: no claim, no saga context."""
+        tag = f"plain-{uuid.uuid4().hex[:8]}"
+        env.sig("act", 5, tag=tag).delay()
+        deadline = time.monotonic() + TIMEOUT
+        while not (entries := [e for e in env.ledger.entries(action="do") if e.tag == tag]):
+            assert time.monotonic() < deadline, "the plain task never ran"
+            time.sleep(0.05)
+        assert entries[0].saga_id is None
+        assert entries[0].key is None
+        assert entries[0].payload == {"args": [5]}
+
     def test_unstorable_result_fails_the_step(self, env: SagaEnv) -> None:
         """A step returning a non-JSON value fails with a clear error and is compensated for."""
         result = env.saga(env.sig("act", tag="a"), env.sig("opaque", tag="o")).apply_async(
