@@ -45,5 +45,5 @@ def test_unknown_saga_is_pending(app: Celery) -> None:
     assert result.status is SagaStatus.PENDING
     assert result.steps == []
     assert not result.ready()
-    with pytest.raises(CeleryTimeoutError, match="did not finish within 0.2 s"):
+    with pytest.raises(CeleryTimeoutError, match=r"did not finish within 0\.2 s"):
         result.get(timeout=0.2)

@@ -47,7 +47,7 @@ def test_unregistered_compensation_is_refused_with_a_hint(
     @app.task(name="shop.typo_step", shared=False)
     def typo_step() -> None: ...
 
-    with pytest.raises(SagaValidationError, match="Did you mean 'shop.undo'"):
+    with pytest.raises(SagaValidationError, match=r"Did you mean 'shop\.undo'"):
         saga(typo_step.si(), app=app).apply_async(saga_id="bad-comp")
     assert _nothing_stored(app, "bad-comp")
     assert published == []
@@ -59,13 +59,13 @@ def test_plain_task_is_refused(app: Celery) -> None:
     @app.task(name="shop.plain", shared=False)
     def plain() -> None: ...
 
-    with pytest.raises(SagaValidationError, match="decorate it with @saga_step"):
+    with pytest.raises(SagaValidationError, match=r"decorate it with @saga_step"):
         saga(plain.si(), app=app).apply_async()
 
 
 def test_unknown_task_is_refused(app: Celery) -> None:
     """A signature of an unregistered task is refused with a suggestion."""
-    with pytest.raises(SagaValidationError, match="Did you mean 'shop.act'"):
+    with pytest.raises(SagaValidationError, match=r"Did you mean 'shop\.act'"):
         saga(app.signature("shop.acts"), app=app).apply_async()
 
 
@@ -144,7 +144,7 @@ def test_failed_publish_leaves_nothing_stored(store_url: str) -> None:
     @app.task(name="nobroker.step", shared=False)
     def step() -> None: ...
 
-    with pytest.raises(Exception, match="(?i)connect"):
+    with pytest.raises(Exception, match=r"(?i)connect"):
         saga(step.si(), app=app).apply_async(saga_id="unsent")
     assert _nothing_stored(app, "unsent")
 
