@@ -185,7 +185,11 @@ def _compensation_route(app: Celery, compensate: str) -> dict[str, Any]:
 
 
 def _errback(
-    app: Celery, saga_id: str, steps: Sequence[Mapping[str, Any]], failing: int
+    app: Celery,
+    saga_id: str,
+    steps: Sequence[Mapping[str, Any]],
+    failing: int,
+    routes: Mapping[str, Mapping[str, Any]],
 ) -> Signature[Any] | None:
     """The compensations of the steps before ``failing``, newest first, as one chain."""
     undo = [s for s in reversed(steps[:failing]) if s["compensate"]]
@@ -197,7 +201,7 @@ def _errback(
             args=(saga_id, s["index"]),
             kwargs={"last": position == len(undo) - 1},
             immutable=True,
-            **_compensation_route(app, s["compensate"]),
+            **routes[s["compensate"]],
         )
         for position, s in enumerate(undo)
     ]
@@ -210,12 +214,16 @@ def build_chain(
     """The Celery chain of a stored plan's steps from ``start`` on."""
     steps: list[Mapping[str, Any]] = plan["steps"]
     count = len(steps)
+    routes = {s["compensate"]: _compensation_route(app, s["compensate"])
+              for s in steps if s["compensate"]}  # fmt: skip
     signatures: list[Signature[Any]] = []
     for step in steps[start:]:
         index = step["index"]
-        errback = _errback(app, saga_id, steps, index)
+        errback = _errback(app, saga_id, steps, index, routes)
         options = dict(step["options"])
         options["task_id"] = step_task_id(saga_id, index)
+        # The saga store keeps the step's result: no copy in Celery's result backend.
+        options["ignore_result"] = True
         options["headers"] = {
             **(options.get("headers") or {}),
             HEADER: {

@@ -11,7 +11,7 @@ setting                           default                           meaning
 ``saga_compensation_max_retries`` ``5``                             retries of a compensation
 ``saga_compensation_retry_delay`` ``1.0``                           first delay, doubling, <= 60 s
 ``saga_store_max_retries``        ``30``                            step retries while store is down
-``saga_result_poll_interval``     ``0.01``                          first poll of ``SagaResult.get``
+``saga_result_poll_interval``     ``0.005``                         first poll of ``SagaResult.get``
 ================================= ================================= ================================
 """
 
@@ -46,7 +46,7 @@ class SagaConfig:
     compensation_max_retries: int = 5
     compensation_retry_delay: float = 1.0
     store_max_retries: int = 30
-    result_poll_interval: float = 0.01
+    result_poll_interval: float = 0.005
 
     @classmethod
     def from_conf(cls, conf: Mapping[str, Any]) -> SagaConfig:

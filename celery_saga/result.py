@@ -105,7 +105,7 @@ class SagaResult:
             sleep = delay if deadline is None else min(delay, max(deadline - time.monotonic(), 0))
             time.sleep(sleep)
             if interval is None:
-                delay = min(delay * 1.5, _MAX_POLL_INTERVAL)
+                delay = min(delay * 1.25, _MAX_POLL_INTERVAL)
         return self._outcome(propagate)
 
     def _outcome(self, propagate: bool) -> Any:

@@ -34,6 +34,7 @@ from sqlalchemy import (
     Engine,
     Row,
     and_,
+    bindparam,
     case,
     create_engine,
     delete,
@@ -153,6 +154,59 @@ def _configure_sqlite(engine: Engine) -> None:
         connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
+# The statements of the happy path, built once: building and cache-keying a statement
+# on every call costs more CPU than running it.
+_c = saga_steps.c
+_INSERT_SAGA = insert(sagas)
+_INSERT_STEPS = insert(saga_steps)
+_CLAIM_STEP = (
+    update(saga_steps)
+    .where(
+        _c.saga_id == bindparam("p_saga"),
+        _c.idx == bindparam("p_index"),
+        or_(
+            _c.status == StepStatus.PENDING,
+            and_(_c.status == StepStatus.RUNNING, _c.lease_expires_at < bindparam("p_now")),
+        ),
+        exists().where(sagas.c.id == bindparam("p_saga"), sagas.c.status == SagaStatus.RUNNING),
+    )
+    .values(
+        status=StepStatus.RUNNING,
+        attempts=_c.attempts + 1,
+        claim=bindparam("p_token"),
+        lease_expires_at=bindparam("p_lease"),
+        started_at=func.coalesce(_c.started_at, bindparam("p_now")),
+        args=bindparam("p_args", type_=_c.args.type),
+        kwargs=bindparam("p_kwargs", type_=_c.kwargs.type),
+    )
+)
+_CLAIM_STEP_RETURNING = _CLAIM_STEP.returning(_c.attempts)
+_OWNED_RUNNING_STEP = (
+    _c.saga_id == bindparam("p_saga"),
+    _c.idx == bindparam("p_index"),
+    _c.claim == bindparam("p_token"),
+    _c.status == StepStatus.RUNNING,
+)
+_COMPLETE_STEP = (
+    update(saga_steps)
+    .where(*_OWNED_RUNNING_STEP)
+    .values(
+        status=StepStatus.SUCCEEDED,
+        result=bindparam("p_result", type_=_c.result.type),
+        finished_at=bindparam("p_now"),
+        lease_expires_at=None,
+    )
+)
+_COMPLETE_SAGA = (
+    update(sagas)
+    .where(sagas.c.id == bindparam("p_saga"), sagas.c.status == SagaStatus.RUNNING)
+    .values(
+        status=SagaStatus.COMPLETED, finished_at=bindparam("p_now"), updated_at=bindparam("p_now")
+    )
+)
+_SAGA_STATUS = select(sagas.c.status).where(sagas.c.id == bindparam("p_saga"))
+
+
 def make_engine(url: str, options: Mapping[str, Any] | None = None) -> Engine:
     """Create the engine of a saga store, with kombu's JSON for the JSON columns."""
     kwargs: dict[str, Any] = {"json_serializer": json_dumps, "json_deserializer": json_loads}
@@ -184,6 +238,13 @@ class SagaStore:
         self.engine = make_engine(url, engine_options)
         self.create_tables = create_tables
         self._schema_ready = False
+        # A write of one statement is atomic by itself: on servers, run it in autocommit
+        # and save the BEGIN and COMMIT round trips. (SQLite keeps BEGIN IMMEDIATE.)
+        self._autocommit: Engine | None = (
+            None
+            if self.engine.dialect.name == "sqlite"
+            else self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        )
 
     # -- plumbing -----------------------------------------------------------------
 
@@ -220,6 +281,17 @@ class SagaStore:
             yield connection
 
     @contextmanager
+    def _write_one(self, doing: str) -> Iterator[Connection]:
+        """A connection for a write that is a single statement (or needs no atomicity)."""
+        if self._autocommit is None:
+            with self._write(doing) as connection:
+                yield connection
+            return
+        self.ensure_schema()
+        with self._errors(doing), self._autocommit.connect() as connection:
+            yield connection
+
+    @contextmanager
     def _read(self, doing: str) -> Iterator[Connection]:
         self.ensure_schema()
         with self._errors(doing), self.engine.connect() as connection:
@@ -237,8 +309,8 @@ class SagaStore:
         """Insert a saga and its steps; return the existing saga if the id is taken."""
         try:
             with self._write("store the saga") as connection:
-                connection.execute(insert(sagas).values(**saga_row))
-                connection.execute(insert(saga_steps), list(step_rows))
+                connection.execute(_INSERT_SAGA, dict(saga_row))
+                connection.execute(_INSERT_STEPS, list(step_rows))
         except IntegrityError:
             existing = self.get_saga(str(saga_row["id"]))
             if existing is None:
@@ -265,33 +337,20 @@ class SagaStore:
     ) -> Claim:
         """Take ownership of a pending step (or one whose owner's lease ran out)."""
         now = utcnow()
-        c = saga_steps.c
-        stmt = (
-            update(saga_steps)
-            .where(
-                c.saga_id == saga_id,
-                c.idx == index,
-                or_(
-                    c.status == StepStatus.PENDING,
-                    and_(c.status == StepStatus.RUNNING, c.lease_expires_at < now),
-                ),
-                exists().where(sagas.c.id == saga_id, sagas.c.status == SagaStatus.RUNNING),
-            )
-            .values(
-                status=StepStatus.RUNNING,
-                attempts=c.attempts + 1,
-                claim=token,
-                lease_expires_at=now + timedelta(seconds=lease),
-                started_at=func.coalesce(c.started_at, now),
-                args=list(args),
-                kwargs=dict(kwargs),
-            )
-        )
-        with self._write("claim the step") as connection:
+        params = {
+            "p_saga": saga_id,
+            "p_index": index,
+            "p_now": now,
+            "p_token": token,
+            "p_lease": now + timedelta(seconds=lease),
+            "p_args": list(args),
+            "p_kwargs": dict(kwargs),
+        }
+        with self._write_one("claim the step") as connection:
             if self.engine.dialect.update_returning:
-                attempt = connection.execute(stmt.returning(c.attempts)).scalar()
+                attempt = connection.execute(_CLAIM_STEP_RETURNING, params).scalar()
             else:
-                claimed = connection.execute(stmt).rowcount == 1
+                claimed = connection.execute(_CLAIM_STEP, params).rowcount == 1
                 attempt = self._attempts(connection, saga_id, index) if claimed else None
         if attempt is not None:
             return Claim(ClaimOutcome.CLAIMED, token=token, attempt=int(attempt))
@@ -332,33 +391,21 @@ class SagaStore:
 
         Returns False, writing nothing, if the caller no longer owns the step.
         """
-        now = utcnow()
-        c = saga_steps.c
+        params = {
+            "p_saga": saga_id,
+            "p_index": index,
+            "p_token": token,
+            "p_result": result,
+            "p_now": utcnow(),
+        }
+        if not last:
+            with self._write_one("record the step's result") as connection:
+                return connection.execute(_COMPLETE_STEP, params).rowcount == 1
         with self._write("record the step's result") as connection:
-            owned = connection.execute(
-                update(saga_steps)
-                .where(
-                    c.saga_id == saga_id,
-                    c.idx == index,
-                    c.claim == token,
-                    c.status == StepStatus.RUNNING,
-                )
-                .values(
-                    status=StepStatus.SUCCEEDED,
-                    result=result,
-                    finished_at=now,
-                    lease_expires_at=None,
-                )
-            ).rowcount
-            if owned != 1:
+            if connection.execute(_COMPLETE_STEP, params).rowcount != 1:
                 connection.rollback()
                 return False
-            if last:
-                connection.execute(
-                    update(sagas)
-                    .where(sagas.c.id == saga_id, sagas.c.status == SagaStatus.RUNNING)
-                    .values(status=SagaStatus.COMPLETED, finished_at=now, updated_at=now)
-                )
+            connection.execute(_COMPLETE_SAGA, params)
         return True
 
     def fail_step(
@@ -413,7 +460,7 @@ class SagaStore:
     ) -> None:
         """Give a claimed step back (it will be retried or redelivered)."""
         c = saga_steps.c
-        with self._write("release the step") as connection:
+        with self._write_one("release the step") as connection:
             connection.execute(
                 update(saga_steps)
                 .where(
@@ -507,7 +554,7 @@ class SagaStore:
             }
         else:  # keep it COMPENSATING with a lapsed lease, so the retry can claim it
             values = {"compensation_error": dict(error), "lease_expires_at": now}
-        with self._write("record the compensation") as connection:
+        with self._write_one("record the compensation") as connection:
             return (
                 connection.execute(
                     update(saga_steps)
@@ -529,7 +576,7 @@ class SagaStore:
             saga_steps.c.saga_id == saga_id,
             saga_steps.c.status == StepStatus.COMPENSATION_FAILED,
         )
-        with self._write("finish the saga") as connection:
+        with self._write_one("finish the saga") as connection:
             connection.execute(
                 update(sagas)
                 .where(
@@ -554,9 +601,7 @@ class SagaStore:
     def get_status(self, saga_id: str) -> SagaStatus | None:
         """Only the saga's status (what ``SagaResult.get`` polls)."""
         with self._read("read the saga's status") as connection:
-            status = connection.execute(
-                select(sagas.c.status).where(sagas.c.id == saga_id)
-            ).scalar()
+            status = connection.execute(_SAGA_STATUS, {"p_saga": saga_id}).scalar()
         return None if status is None else SagaStatus(status)
 
     def get_steps(self, saga_id: str) -> list[StepRecord]:

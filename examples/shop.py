@@ -1,0 +1,87 @@
+"""A small shop: checkout as a saga of three Celery tasks.
+
+Run a worker with ``celery -A shop worker`` from this folder. With no settings it uses
+the embedded defaults: the ``filesystem://`` broker in ``./.shop-broker`` (no server)
+and the saga store ``celery_saga.sqlite3`` in the working directory. Set
+``SHOP_BROKER`` (e.g. ``redis://127.0.0.1:6379/0``) and ``SHOP_SAGA_STORE``
+(e.g. ``postgresql+psycopg://127.0.0.1/shop``) to use servers.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+
+import celery_saga
+from celery_saga import saga_step
+
+BROKER = os.environ.get("SHOP_BROKER", "filesystem://")
+
+app = Celery("shop", broker=BROKER)
+if BROKER.startswith("filesystem://"):
+    folder = Path(os.environ.get("SHOP_BROKER_FOLDER", ".shop-broker")).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    app.conf.broker_transport_options = {
+        "data_folder_in": str(folder),
+        "data_folder_out": str(folder),
+        "polling_interval": 0.1,
+    }
+if "SHOP_SAGA_STORE" in os.environ:
+    app.conf.saga_store_url = os.environ["SHOP_SAGA_STORE"]
+celery_saga.install(app)
+
+
+class OutOfStock(Exception):
+    """Raised when an order asks for more than the warehouse has."""
+
+
+@app.task
+def refund_payment(payment: dict[str, Any], order_id: str, amount: int) -> None:
+    """Compensation of charge_payment: gets its result and its arguments."""
+    print(f"refunded {payment['payment_id']} ({amount}) for {order_id}")
+
+
+@saga_step(compensate=refund_payment)
+@app.task
+def charge_payment(order_id: str, amount: int) -> dict[str, Any]:
+    """Charge the customer; the idempotency key is the same on every retry."""
+    step = celery_saga.current_step()
+    key = step.idempotency_key if step else "no-saga"
+    print(f"charged {amount} for {order_id} (idempotency key {key})")
+    return {"payment_id": f"pay-{order_id}", "amount": amount}
+
+
+@app.task
+def release_inventory(reservation: dict[str, Any], skus: list[str]) -> None:
+    """Compensation of reserve_inventory."""
+    print(f"released {reservation['reservation_id']}")
+
+
+@saga_step(compensate=release_inventory)
+@app.task
+def reserve_inventory(skus: list[str]) -> dict[str, Any]:
+    """Reserve the items (an immutable step: it does not take the payment)."""
+    print(f"reserved {', '.join(skus)}")
+    return {"reservation_id": f"res-{'-'.join(skus)}", "skus": skus}
+
+
+@saga_step
+@app.task
+def create_order(reservation: dict[str, Any], order_id: str) -> dict[str, Any]:
+    """The last step: fails when an item is out of stock."""
+    if "sku-out-of-stock" in reservation["skus"]:
+        raise OutOfStock(f"sku-out-of-stock is not available for {order_id}")
+    return {"order_id": order_id, "status": "created"}
+
+
+def checkout(order_id: str, amount: int, skus: list[str]) -> celery_saga.Saga:
+    """The checkout saga: charge, reserve, create the order."""
+    return celery_saga.saga(
+        charge_payment.s(order_id, amount),
+        reserve_inventory.si(skus),
+        create_order.s(order_id),
+        name="checkout",
+    )
