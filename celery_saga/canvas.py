@@ -23,7 +23,7 @@ from ._runtime import get_store
 from .errors import SagaConfigurationError, SagaConflictError, SagaValidationError
 from .execution import COMPENSATE_TASK, HEADER
 from .result import SagaResult
-from .status import SagaStatus, StepStatus
+from .status import SagaStatus
 from .step import step_definition
 from .store import utcnow
 from .store.schema import ID_LENGTH, NAME_LENGTH
@@ -231,6 +231,7 @@ def build_chain(
                 "i": index,
                 "n": count,
                 "c": errback is not None,
+                "s": step["stage"],
                 "name": plan["name"],
             },
         }
@@ -313,21 +314,8 @@ class Saga:
             "created_at": now,
             "updated_at": now,
         }
-        step_rows = [
-            {
-                "saga_id": saga_id,
-                "idx": step["index"],
-                "stage": step["stage"],
-                "task": step["task"],
-                "compensate": step["compensate"],
-                "status": StepStatus.PENDING,
-                "attempts": 0,
-                "compensation_attempts": 0,
-            }
-            for step in plan.steps
-        ]
         store = get_store(app)
-        existing = store.create_saga(saga_row, step_rows)
+        existing = store.create_saga(saga_row)
         if existing is not None:
             if existing.plan_hash != plan.hash:
                 raise SagaConflictError(

@@ -139,7 +139,17 @@ def run_step(
     if task.time_limit:
         lease = max(lease, float(task.time_limit) + 30.0)
     try:
-        claim = store.claim_step(saga_id, index, token, args, kwargs, lease)
+        claim = store.claim_step(
+            saga_id,
+            index,
+            token,
+            args,
+            kwargs,
+            lease,
+            stage=header.get("s", index),
+            task=task.name,
+            compensate=definition.compensation_name,
+        )
     except SagaStoreError as exc:
         raise _store_retry(task, exc) from exc
 

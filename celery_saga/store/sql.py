@@ -32,7 +32,12 @@ from kombu.utils.json import loads as json_loads
 from sqlalchemy import (
     Connection,
     Engine,
+    Executable,
+    Insert,
+    Integer,
     Row,
+    Select,
+    String,
     and_,
     bindparam,
     case,
@@ -42,10 +47,12 @@ from sqlalchemy import (
     exists,
     func,
     insert,
+    literal,
     or_,
     select,
     update,
 )
+from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.pool import StaticPool
@@ -114,6 +121,29 @@ def _step_record(row: Row[Any]) -> StepRecord:
     )
 
 
+def _pending_step(saga_id: str, step: Mapping[str, Any]) -> StepRecord:
+    """The record of a planned step that has not started (it has no row yet)."""
+    return StepRecord(
+        saga_id=saga_id,
+        index=step["index"],
+        stage=step["stage"],
+        name=step["task"],
+        compensate=step["compensate"],
+        status=StepStatus.PENDING,
+        attempts=0,
+        args=None,
+        kwargs=None,
+        result=None,
+        error=None,
+        started_at=None,
+        finished_at=None,
+        compensation_attempts=0,
+        compensation_error=None,
+        compensation_started_at=None,
+        compensation_finished_at=None,
+    )
+
+
 def _saga_record(row: Row[Any]) -> SagaRecord:
     m = row._mapping
     created_at = _aware(m["created_at"])
@@ -158,7 +188,9 @@ def _configure_sqlite(engine: Engine) -> None:
 # on every call costs more CPU than running it.
 _c = saga_steps.c
 _INSERT_SAGA = insert(sagas)
-_INSERT_STEPS = insert(saga_steps)
+_SAGA_IS_RUNNING = exists().where(
+    sagas.c.id == bindparam("p_saga"), sagas.c.status == SagaStatus.RUNNING
+)
 _CLAIM_STEP = (
     update(saga_steps)
     .where(
@@ -168,7 +200,7 @@ _CLAIM_STEP = (
             _c.status == StepStatus.PENDING,
             and_(_c.status == StepStatus.RUNNING, _c.lease_expires_at < bindparam("p_now")),
         ),
-        exists().where(sagas.c.id == bindparam("p_saga"), sagas.c.status == SagaStatus.RUNNING),
+        _SAGA_IS_RUNNING,
     )
     .values(
         status=StepStatus.RUNNING,
@@ -207,6 +239,66 @@ _COMPLETE_SAGA = (
 _SAGA_STATUS = select(sagas.c.status).where(sagas.c.id == bindparam("p_saga"))
 
 
+def _complete_last_step_in_one_statement() -> Select[int]:
+    """PostgreSQL: record the last step and complete the saga in one statement.
+
+    ``WITH step AS (UPDATE steps ... RETURNING), saga AS (UPDATE sagas ... WHERE id IN
+    step) SELECT count(*) FROM step``: both updates or neither, no BEGIN/COMMIT trips.
+    """
+    step = _COMPLETE_STEP.returning(_c.saga_id).cte("completed_step")
+    saga = (
+        update(sagas)
+        .where(
+            sagas.c.id.in_(select(step.c.saga_id)),
+            sagas.c.status == SagaStatus.RUNNING,
+        )
+        .values(status=SagaStatus.COMPLETED, finished_at=bindparam("p_now"),
+                updated_at=bindparam("p_now"))
+        .returning(sagas.c.id)
+        .cte("completed_saga")
+    )  # fmt: skip
+    return select(func.count()).select_from(step).add_cte(saga)
+
+
+_COMPLETE_LAST_STEP_PG = _complete_last_step_in_one_statement()
+
+
+def _claim_by_insert(dialect: str, returning: bool) -> Executable:
+    """A step's first claim creates its row, if the saga is running and no row exists yet.
+
+    ``INSERT INTO steps ... SELECT <values> WHERE <saga is running>``, ignoring a
+    duplicate key (another delivery claimed first, or an earlier attempt left the row).
+    """
+    columns = [
+        "saga_id", "idx", "stage", "task", "compensate", "status", "attempts", "claim",
+        "lease_expires_at", "started_at", "args", "kwargs", "compensation_attempts",
+    ]  # fmt: skip
+    values = select(
+        bindparam("p_saga", type_=String),
+        bindparam("p_index", type_=Integer),
+        bindparam("p_stage", type_=Integer),
+        bindparam("p_task", type_=String),
+        bindparam("p_compensate", type_=String),
+        literal(StepStatus.RUNNING.value, String),
+        literal(1, Integer),
+        bindparam("p_token", type_=String),
+        bindparam("p_lease", type_=_c.lease_expires_at.type),
+        bindparam("p_now", type_=_c.started_at.type),
+        bindparam("p_args", type_=_c.args.type),
+        bindparam("p_kwargs", type_=_c.kwargs.type),
+        literal(0, Integer),
+    ).where(_SAGA_IS_RUNNING)
+    stmt: Insert
+    if dialect == "postgresql":
+        stmt = postgresql.insert(saga_steps).from_select(columns, values).on_conflict_do_nothing()
+    elif dialect == "sqlite":
+        stmt = sqlite.insert(saga_steps).from_select(columns, values).on_conflict_do_nothing()
+    else:
+        stmt = mysql.insert(saga_steps).from_select(columns, values).prefix_with("IGNORE")
+    # Some drivers report no rowcount for INSERT ... SELECT: ask for the row back instead.
+    return stmt.returning(_c.attempts) if returning else stmt
+
+
 def make_engine(url: str, options: Mapping[str, Any] | None = None) -> Engine:
     """Create the engine of a saga store, with kombu's JSON for the JSON columns."""
     kwargs: dict[str, Any] = {"json_serializer": json_dumps, "json_deserializer": json_loads}
@@ -240,6 +332,8 @@ class SagaStore:
         self._schema_ready = False
         # A write of one statement is atomic by itself: on servers, run it in autocommit
         # and save the BEGIN and COMMIT round trips. (SQLite keeps BEGIN IMMEDIATE.)
+        dialect = self.engine.dialect
+        self._claim_insert = _claim_by_insert(dialect.name, dialect.insert_returning)
         self._autocommit: Engine | None = (
             None
             if self.engine.dialect.name == "sqlite"
@@ -303,14 +397,14 @@ class SagaStore:
 
     # -- starting ----------------------------------------------------------------
 
-    def create_saga(
-        self, saga_row: Mapping[str, Any], step_rows: Sequence[Mapping[str, Any]]
-    ) -> SagaRecord | None:
-        """Insert a saga and its steps; return the existing saga if the id is taken."""
+    def create_saga(self, saga_row: Mapping[str, Any]) -> SagaRecord | None:
+        """Insert a saga; return the existing saga instead if the id is taken.
+
+        Step rows are created by the steps' first claims (see :meth:`claim_step`).
+        """
         try:
-            with self._write("store the saga") as connection:
+            with self._write_one("store the saga") as connection:
                 connection.execute(_INSERT_SAGA, dict(saga_row))
-                connection.execute(_INSERT_STEPS, list(step_rows))
         except IntegrityError:
             existing = self.get_saga(str(saga_row["id"]))
             if existing is None:
@@ -334,12 +428,19 @@ class SagaStore:
         args: Sequence[Any],
         kwargs: Mapping[str, Any],
         lease: float,
+        *,
+        stage: int,
+        task: str,
+        compensate: str | None,
     ) -> Claim:
-        """Take ownership of a pending step (or one whose owner's lease ran out)."""
+        """Take ownership of a step not run yet, retried, or whose owner's lease ran out."""
         now = utcnow()
         params = {
             "p_saga": saga_id,
             "p_index": index,
+            "p_stage": stage,
+            "p_task": task,
+            "p_compensate": compensate,
             "p_now": now,
             "p_token": token,
             "p_lease": now + timedelta(seconds=lease),
@@ -347,14 +448,17 @@ class SagaStore:
             "p_kwargs": dict(kwargs),
         }
         with self._write_one("claim the step") as connection:
-            if self.engine.dialect.update_returning:
+            inserted = connection.execute(self._claim_insert, params)
+            if inserted.first() is not None if inserted.returns_rows else inserted.rowcount == 1:
+                attempt: int | None = 1
+            elif self.engine.dialect.update_returning:
                 attempt = connection.execute(_CLAIM_STEP_RETURNING, params).scalar()
             else:
                 claimed = connection.execute(_CLAIM_STEP, params).rowcount == 1
                 attempt = self._attempts(connection, saga_id, index) if claimed else None
         if attempt is not None:
             return Claim(ClaimOutcome.CLAIMED, token=token, attempt=int(attempt))
-        return self._why_not_claimed(saga_id, index, now)
+        return self._why_not_claimed(saga_id, index)
 
     @staticmethod
     def _attempts(connection: Connection, saga_id: str, index: int) -> int | None:
@@ -363,17 +467,19 @@ class SagaStore:
             select(c.attempts).where(c.saga_id == saga_id, c.idx == index)
         ).scalar()
 
-    def _why_not_claimed(self, saga_id: str, index: int, now: datetime) -> Claim:
+    def _why_not_claimed(self, saga_id: str, index: int) -> Claim:
         c = saga_steps.c
         query = (
-            select(c.status, c.result, c.lease_expires_at, sagas.c.status.label("saga_status"))
-            .join(sagas, sagas.c.id == c.saga_id)
-            .where(c.saga_id == saga_id, c.idx == index)
+            select(c.status, c.result, sagas.c.status.label("saga_status"))
+            .select_from(sagas.outerjoin(saga_steps, and_(c.saga_id == sagas.c.id, c.idx == index)))
+            .where(sagas.c.id == saga_id)
         )
         with self._read("read the step") as connection:
             row = connection.execute(query).first()
         if row is None:
             return Claim(ClaimOutcome.MISSING)
+        if row.status is None:  # no row: the saga stopped before this step started
+            return Claim(ClaimOutcome.STOPPED)
         status = StepStatus(row.status)
         if status == StepStatus.SUCCEEDED and row.saga_status in (
             SagaStatus.RUNNING,
@@ -401,6 +507,9 @@ class SagaStore:
         if not last:
             with self._write_one("record the step's result") as connection:
                 return connection.execute(_COMPLETE_STEP, params).rowcount == 1
+        if self.engine.dialect.name == "postgresql":
+            with self._write_one("record the step's result") as connection:
+                return connection.execute(_COMPLETE_LAST_STEP_PG, params).scalar() == 1
         with self._write("record the step's result") as connection:
             if connection.execute(_COMPLETE_STEP, params).rowcount != 1:
                 connection.rollback()
@@ -605,9 +714,15 @@ class SagaStore:
         return None if status is None else SagaStatus(status)
 
     def get_steps(self, saga_id: str) -> list[StepRecord]:
-        """The saga's steps in plan order."""
+        """The saga's steps in plan order; steps not started yet are ``PENDING``."""
         with self._read("read the steps") as connection:
+            plan = connection.execute(select(sagas.c.plan).where(sagas.c.id == saga_id)).scalar()
             rows = connection.execute(
-                select(saga_steps).where(saga_steps.c.saga_id == saga_id).order_by(saga_steps.c.idx)
+                select(saga_steps).where(saga_steps.c.saga_id == saga_id)
             ).all()
-        return [_step_record(row) for row in rows]
+        started = {row.idx: _step_record(row) for row in rows}
+        if not plan:
+            return [started[index] for index in sorted(started)]
+        return [
+            started.get(step["index"]) or _pending_step(saga_id, step) for step in plan["steps"]
+        ]
