@@ -3,12 +3,18 @@
     python benchmarks/throughput.py [--count 2000] [--rounds 4] [--latency 200]
 
 Needs Redis (broker, and result backend for the plain chains) and PostgreSQL (the saga
-store): it creates the database ``celery_saga_bench``. It starts one worker
-(prefork, 2 processes) serving both kinds, then alternates rounds of plain chains and
-sagas (``count / rounds`` of each per round), each round submitted at once and waited
-for. Throughput is items finished per second of wall time, from first submit to last
-finish. Latency is measured separately, one item at a time, from ``apply_async`` to
-``get()`` returning.
+store): it creates the database ``celery_saga_bench``. It starts one worker (prefork,
+2 processes) serving both kinds, then alternates rounds of plain chains and sagas
+(``count / rounds`` of each per round); each round is submitted at once and waited for.
+
+Throughput: items finished per second of wall time, first submit to last finish.
+Latency: one item at a time, from ``apply_async`` until its outcome is visible where
+each kind keeps it (the chain's last result in the Redis result backend, the saga's
+status in the saga table), both polled every millisecond.
+
+Both kinds are waited for by polling their stores rather than with
+``AsyncResult.get()``: the Redis result backend's pub/sub wait can miss a result that
+is already stored and hang (seen here in one 4 x 500 run).
 """
 
 from __future__ import annotations
@@ -20,7 +26,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import create_engine, func, select, text
 
@@ -43,8 +51,15 @@ def start_worker(log: Path) -> subprocess.Popen[bytes]:
                "-c", "2", "-Q", "bench", "-l", "WARNING", "--without-gossip",
                "--without-mingle", "--without-heartbeat"]  # fmt: skip
     with log.open("wb") as out:
-        worker = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
-    return worker
+        return subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def wait_until(done: Callable[[], bool], interval: float, timeout: float = 300.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > deadline:
+            raise SystemExit("timed out waiting for results: is the worker running?")
+        time.sleep(interval)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -53,7 +68,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--count", type=int, default=2000, help="items of each kind")
     parser.add_argument("--rounds", type=int, default=4, help="alternating rounds")
     parser.add_argument("--latency", type=int, default=200, help="sequential items of each")
@@ -62,57 +77,66 @@ def main() -> None:
     fresh_database()
     os.environ["BENCH_STORE"] = STORE_URL
     sys.path.insert(0, str(HERE))
-    from bench_app import app, noop, step  # noqa: PLC0415
-
+    from bench_app import app, noop, step
     from celery import chain
+
     from celery_saga import saga
     from celery_saga._runtime import get_store
     from celery_saga.store.schema import sagas
 
     with app.connection_for_write() as connection:
-        connection.default_channel.queue_purge("bench")
+        connection.default_channel.queue_purge("bench")  # type: ignore[attr-defined]
     store = get_store(app)
     store.ensure_schema()
-    log = Path("/tmp/celery_saga_bench_worker.log")
-    worker = start_worker(log)
+    backend: Any = app.backend  # the Redis result backend: .client, .get_key_for_task
+    redis = backend.client
+
+    def start_chain() -> str:
+        return str(chain(noop.s(0), noop.s(), noop.s()).apply_async().id)
+
+    def start_saga() -> str:
+        return saga(step.s(0), step.s(), step.s(), name="bench").apply_async().id
+
+    def chains_done(ids: list[str]) -> Callable[[], bool]:
+        keys = [backend.get_key_for_task(task_id) for task_id in ids]
+        return lambda: bool(redis.exists(*keys) == len(keys))
+
+    def sagas_done(ids: list[str]) -> Callable[[], bool]:
+        query = select(func.count()).where(sagas.c.id.in_(ids), sagas.c.status == "COMPLETED")
+
+        def done() -> bool:
+            with store.engine.connect() as connection:
+                return bool(connection.execute(query).scalar() == len(ids))
+
+        return done
+
+    worker = start_worker(Path("/tmp/celery_saga_bench_worker.log"))
     try:
-        # Warm up both paths (and wait for the worker to be up).
-        chain(noop.s(0), noop.s(), noop.s()).apply_async().get(timeout=120)
-        saga(step.s(0), step.s(), step.s(), name="bench").apply_async().get(timeout=120)
+        wait_until(chains_done([start_chain()]), 0.1)  # warm up, and wait for the worker
+        wait_until(sagas_done([start_saga()]), 0.1)
 
         per_round = options.count // options.rounds
         plain_time = saga_time = 0.0
-        plain_lat: list[float] = []
-        saga_lat: list[float] = []
-        for number in range(options.rounds):
+        for number in range(1, options.rounds + 1):
             started = time.perf_counter()
-            results = [chain(noop.s(0), noop.s(), noop.s()).apply_async()
-                       for _ in range(per_round)]  # fmt: skip
-            for result in results:
-                result.get(timeout=300)
+            wait_until(chains_done([start_chain() for _ in range(per_round)]), 0.02)
             plain_time += time.perf_counter() - started
 
             started = time.perf_counter()
-            ids = [saga(step.s(0), step.s(), step.s(), name="bench").apply_async().id
-                   for _ in range(per_round)]  # fmt: skip
-            query = select(func.count()).where(sagas.c.id.in_(ids),
-                                               sagas.c.status == "COMPLETED")  # fmt: skip
-            while True:
-                with store.engine.connect() as connection:
-                    if connection.execute(query).scalar() == len(ids):
-                        break
-                time.sleep(0.02)
+            wait_until(sagas_done([start_saga() for _ in range(per_round)]), 0.02)
             saga_time += time.perf_counter() - started
-            print(f"round {number + 1}: plain {per_round / plain_time * (number + 1):.1f}/s "
-                  f"saga {per_round / saga_time * (number + 1):.1f}/s (running means)",
+            print(f"round {number}: plain {per_round * number / plain_time:.1f}/s, "
+                  f"saga {per_round * number / saga_time:.1f}/s (running means)",
                   flush=True)  # fmt: skip
 
+        plain_lat: list[float] = []
+        saga_lat: list[float] = []
         for _ in range(options.latency):
             started = time.perf_counter()
-            chain(noop.s(0), noop.s(), noop.s()).apply_async().get(timeout=60)
+            wait_until(chains_done([start_chain()]), 0.001, timeout=60)
             plain_lat.append(time.perf_counter() - started)
             started = time.perf_counter()
-            saga(step.s(0), step.s(), step.s(), name="bench").apply_async().get(timeout=60)
+            wait_until(sagas_done([start_saga()]), 0.001, timeout=60)
             saga_lat.append(time.perf_counter() - started)
     finally:
         worker.send_signal(signal.SIGTERM)
@@ -122,8 +146,8 @@ def main() -> None:
     plain_rate = total / plain_time
     saga_rate = total / saga_time
     print()
-    print(f"items of each kind: {total} (3 no-op steps each), worker prefork x2, Redis broker, "
-          f"PostgreSQL saga store, Redis result backend for the plain chains")  # fmt: skip
+    print(f"{total} of each kind, 3 no-op steps each; one worker, prefork x2; Redis broker; "
+          f"saga store PostgreSQL; plain chains' results in the Redis result backend")  # fmt: skip
     print(f"{'':14}{'per s':>10}{'p50 ms':>10}{'p95 ms':>10}")
     for label, rate, lat in (("plain chain", plain_rate, plain_lat), ("saga", saga_rate, saga_lat)):
         print(f"{label:14}{rate:>10.1f}{statistics.median(lat) * 1000:>10.1f}"
