@@ -1,13 +1,16 @@
 """3-step saga vs plain 3-task Celery chain: same no-op tasks, same worker, one run.
 
-    python benchmarks/throughput.py [--count 2000] [--rounds 4] [--latency 200]
+    python benchmarks/throughput.py [--count 2000] [--rounds 10] [--latency 200]
 
 Needs Redis (broker, and result backend for the plain chains) and PostgreSQL (the saga
 store): it creates the database ``celery_saga_bench``. It starts one worker (prefork,
 2 processes) serving both kinds, then alternates rounds of plain chains and sagas
 (``count / rounds`` of each per round); each round is submitted at once and waited for.
 
-Throughput: items finished per second of wall time, first submit to last finish.
+Throughput: items finished per second of wall time, first submit to last finish, over
+all rounds; the median of the per-round ratios is printed too (this box is a VM whose
+speed drifts, which alternating rounds cancel out). CPU: seconds of CPU per item, by
+process (this script, the worker and its children, PostgreSQL, Redis), from /proc.
 Latency: one item at a time, from ``apply_async`` until its outcome is visible where
 each kind keeps it (the chain's last result in the Redis result backend, the saga's
 status in the saga table), both polled every millisecond.
@@ -62,6 +65,30 @@ def wait_until(done: Callable[[], bool], interval: float, timeout: float = 300.0
         time.sleep(interval)
 
 
+def cpu_seconds() -> dict[str, float]:
+    """CPU seconds used so far by the processes that do the work, grouped by role."""
+    groups: dict[str, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(pid) == os.getpid():
+            role = "client"
+        elif "bench_app" in command:
+            role = "worker"
+        elif command.startswith("postgres"):
+            role = "postgres"
+        elif "redis-server" in command:
+            role = "redis"
+        else:
+            continue
+        groups[role] = groups.get(role, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return groups
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -70,7 +97,7 @@ def percentile(values: list[float], q: float) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--count", type=int, default=2000, help="items of each kind")
-    parser.add_argument("--rounds", type=int, default=4, help="alternating rounds")
+    parser.add_argument("--rounds", type=int, default=10, help="alternating rounds")
     parser.add_argument("--latency", type=int, default=200, help="sequential items of each")
     options = parser.parse_args()
 
@@ -117,16 +144,28 @@ def main() -> None:
 
         per_round = options.count // options.rounds
         plain_time = saga_time = 0.0
-        for number in range(1, options.rounds + 1):
-            started = time.perf_counter()
-            wait_until(chains_done([start_chain() for _ in range(per_round)]), 0.02)
-            plain_time += time.perf_counter() - started
+        ratios: list[float] = []
+        cpu: dict[str, dict[str, float]] = {"plain": {}, "saga": {}}
 
+        def timed(kind: str, run: Callable[[], None]) -> float:
+            before = cpu_seconds()
             started = time.perf_counter()
-            wait_until(sagas_done([start_saga() for _ in range(per_round)]), 0.02)
-            saga_time += time.perf_counter() - started
-            print(f"round {number}: plain {per_round * number / plain_time:.1f}/s, "
-                  f"saga {per_round * number / saga_time:.1f}/s (running means)",
+            run()
+            elapsed = time.perf_counter() - started
+            for role, seconds in cpu_seconds().items():
+                cpu[kind][role] = cpu[kind].get(role, 0.0) + seconds - before.get(role, 0.0)
+            return elapsed
+
+        for number in range(1, options.rounds + 1):
+            plain = timed("plain", lambda: wait_until(
+                chains_done([start_chain() for _ in range(per_round)]), 0.02))  # fmt: skip
+            sagas_ = timed("saga", lambda: wait_until(
+                sagas_done([start_saga() for _ in range(per_round)]), 0.02))  # fmt: skip
+            plain_time += plain
+            saga_time += sagas_
+            ratios.append(plain / sagas_)
+            print(f"round {number}: plain {per_round / plain:.1f}/s, "
+                  f"saga {per_round / sagas_:.1f}/s, ratio {plain / sagas_:.2f}",
                   flush=True)  # fmt: skip
 
         plain_lat: list[float] = []
@@ -152,7 +191,13 @@ def main() -> None:
     for label, rate, lat in (("plain chain", plain_rate, plain_lat), ("saga", saga_rate, saga_lat)):
         print(f"{label:14}{rate:>10.1f}{statistics.median(lat) * 1000:>10.1f}"
               f"{percentile(lat, 0.95) * 1000:>10.1f}")  # fmt: skip
-    print(f"saga / plain throughput: {saga_rate / plain_rate:.2f}x")
+    print(f"saga / plain throughput: {saga_rate / plain_rate:.2f}x overall, "
+          f"{statistics.median(ratios):.2f}x median of {len(ratios)} rounds")  # fmt: skip
+    roles = ["client", "worker", "postgres", "redis"]
+    print("CPU ms per item: " + ", ".join(
+        f"{kind} " + " ".join(f"{role} {cpu[kind].get(role, 0.0) / total * 1000:.1f}"
+                              for role in roles)
+        for kind in ("plain", "saga")))  # fmt: skip
 
 
 if __name__ == "__main__":

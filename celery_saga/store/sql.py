@@ -334,10 +334,12 @@ class SagaStore:
         # and save the BEGIN and COMMIT round trips. (SQLite keeps BEGIN IMMEDIATE.)
         dialect = self.engine.dialect
         self._claim_insert = _claim_by_insert(dialect.name, dialect.insert_returning)
+        # (An engine of its own, made in autocommit, so its pooled connections are not
+        # switched in and out of autocommit on every checkout.)
         self._autocommit: Engine | None = (
             None
             if self.engine.dialect.name == "sqlite"
-            else self.engine.execution_options(isolation_level="AUTOCOMMIT")
+            else make_engine(url, {**(engine_options or {}), "isolation_level": "AUTOCOMMIT"})
         )
 
     # -- plumbing -----------------------------------------------------------------
@@ -392,8 +394,10 @@ class SagaStore:
             yield connection.execution_options(**_READ)
 
     def dispose(self, *, close: bool = True) -> None:
-        """Drop the connection pool (``close=False`` in a forked child)."""
+        """Drop the connection pools (``close=False`` in a forked child)."""
         self.engine.dispose(close=close)
+        if self._autocommit is not None:
+            self._autocommit.dispose(close=close)
 
     # -- starting ----------------------------------------------------------------
 
