@@ -154,11 +154,12 @@ def build_plan(app: Celery, signatures: Sequence[Any], name: str) -> SagaPlan:
         _check_serializer(app, task_name, options)
         args = list(sig.args)
         kwargs = dict(sig.kwargs)
-        for position, value in enumerate(args):
-            _check_json(value, f"argument {position}", task_name)
-        for key, value in kwargs.items():
-            _check_json(value, f"keyword argument {key!r}", task_name)
-        _check_json(options, "the options", task_name)
+        if _json_error([args, kwargs, options]) is not None:  # find which one, to say so
+            for position, value in enumerate(args):
+                _check_json(value, f"argument {position}", task_name)
+            for key, value in kwargs.items():
+                _check_json(value, f"keyword argument {key!r}", task_name)
+            _check_json(options, "the options", task_name)
         steps.append(
             {
                 "index": index,

@@ -26,7 +26,7 @@ from .config import get_config
 from .errors import SagaConfigurationError, SagaStoreError, SagaValidationError
 from .status import SagaStatus
 from .step import StepDefinition
-from .store import ClaimOutcome
+from .store import ClaimOutcome, EncodedJSON
 
 __all__ = [
     "COMPENSATE_TASK",
@@ -101,7 +101,8 @@ def _store_retry(task: Task[Any, Any], exc: SagaStoreError) -> Retry:
     return task.retry(exc=exc, countdown=delay, max_retries=config.store_max_retries)
 
 
-def _check_result(result: Any, limit: int, step_name: str) -> None:
+def _encode_result(result: Any, limit: int, step_name: str) -> EncodedJSON:
+    """The result as the JSON the store keeps, or a clear error if it cannot be kept."""
     try:
         encoded = json_dumps(result)
     except (TypeError, ValueError) as exc:
@@ -115,6 +116,7 @@ def _check_result(result: Any, limit: int, step_name: str) -> None:
             f"saga_max_result_bytes limit of {limit}; store large data elsewhere and "
             f"return a reference to it"
         )
+    return EncodedJSON(encoded)
 
 
 def run_step(
@@ -177,7 +179,7 @@ def run_step(
     try:
         with _running(context):
             result = original(*args, **kwargs)
-        _check_result(result, config.max_result_bytes, task.name)
+        encoded = _encode_result(result, config.max_result_bytes, task.name)
     except (Retry, Reject, Ignore) as exc:
         # The message comes back (retry, requeue) or is dropped on purpose: free the claim.
         try:
@@ -201,7 +203,9 @@ def run_step(
         raise
 
     try:
-        recorded = store.complete_step(saga_id, index, token, result, last=index == header["n"] - 1)
+        recorded = store.complete_step(
+            saga_id, index, token, encoded, last=index == header["n"] - 1
+        )
     except SagaStoreError as exc:
         raise _store_retry(task, exc) from exc
     if not recorded:

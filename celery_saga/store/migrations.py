@@ -95,9 +95,6 @@ def _v1_initial(op: Operations) -> None:
         ),
         comment="one row per step of a saga",
     )
-    op.create_index(
-        "ix_celery_saga_steps_status_lease", "celery_saga_steps", ["status", "lease_expires_at"]
-    )
 
 
 #: Migration ``n`` (1-based) brings the schema from version ``n - 1`` to ``n``.

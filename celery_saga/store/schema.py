@@ -99,7 +99,6 @@ saga_steps = Table(
     Column("compensation_error", json_type(), nullable=True, comment="last compensation error"),
     Column("compensation_started_at", timestamp_type(), nullable=True, comment="(UTC)"),
     Column("compensation_finished_at", timestamp_type(), nullable=True, comment="(UTC)"),
-    Index("ix_celery_saga_steps_status_lease", "status", "lease_expires_at"),
     comment="one row per step of a saga",
 )
 

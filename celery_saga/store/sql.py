@@ -63,9 +63,19 @@ from ..status import SagaStatus, StepStatus
 from . import migrations
 from .schema import saga_steps, sagas
 
-__all__ = ["Claim", "ClaimOutcome", "SagaStore", "utcnow"]
+__all__ = ["Claim", "ClaimOutcome", "EncodedJSON", "SagaStore", "utcnow"]
 
 _READ = {"celery_saga_read": True}
+
+
+class EncodedJSON(str):
+    """JSON text encoded already: the store writes it as it is instead of encoding again."""
+
+    __slots__ = ()
+
+
+def _encode(value: Any) -> str:
+    return value if type(value) is EncodedJSON else json_dumps(value)
 
 
 def utcnow() -> datetime:
@@ -301,7 +311,7 @@ def _claim_by_insert(dialect: str, returning: bool) -> Executable:
 
 def make_engine(url: str, options: Mapping[str, Any] | None = None) -> Engine:
     """Create the engine of a saga store, with kombu's JSON for the JSON columns."""
-    kwargs: dict[str, Any] = {"json_serializer": json_dumps, "json_deserializer": json_loads}
+    kwargs: dict[str, Any] = {"json_serializer": _encode, "json_deserializer": json_loads}
     parsed = make_url(url)
     is_sqlite = parsed.get_backend_name() == "sqlite"
     if is_sqlite and parsed.database in (None, "", ":memory:"):
@@ -343,6 +353,11 @@ class SagaStore:
         )
 
     # -- plumbing -----------------------------------------------------------------
+
+    @property
+    def engines(self) -> tuple[Engine, ...]:
+        """Every engine the store writes through (to watch its statements, e.g. in tests)."""
+        return (self.engine,) if self._autocommit is None else (self.engine, self._autocommit)
 
     @property
     def safe_url(self) -> str:

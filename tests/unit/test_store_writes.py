@@ -33,12 +33,14 @@ def count_writes(env: SagaEnv, steps: int) -> list[str]:
         if words[0].upper() in ("INSERT", "UPDATE", "DELETE", "WITH"):
             writes.append(" ".join(w for w in words[:4] if w.upper() != "INTO")[:40])
 
-    event.listen(store.engine, "before_cursor_execute", count)
+    for engine in store.engines:
+        event.listen(engine, "before_cursor_execute", count)
     try:
         chain = [env.sig("note", tag=f"s{i}") for i in range(steps)]
         env.saga(*chain).apply_async().get(timeout=20)
     finally:
-        event.remove(store.engine, "before_cursor_execute", count)
+        for engine in store.engines:
+            event.remove(engine, "before_cursor_execute", count)
     return [" ".join(w.split()[:2]) if not w.startswith("WITH") else w for w in writes]
 
 
