@@ -28,7 +28,7 @@ from .step import step_definition
 from .store import utcnow
 from .store.schema import ID_LENGTH, NAME_LENGTH
 
-__all__ = ["Saga", "SagaPlan", "build_chain", "saga", "step_task_id"]
+__all__ = ["Saga", "SagaPlan", "build_chain", "publish", "saga", "step_signatures", "step_task_id"]
 
 PLAN_VERSION = 1
 #: Signature options that belong to one publication, not to the plan.
@@ -209,14 +209,14 @@ def _errback(
     return signatures[0] if len(signatures) == 1 else chain(*signatures, app=app)
 
 
-def build_chain(
+def step_signatures(
     app: Celery, saga_id: str, plan: Mapping[str, Any], start: int = 0
-) -> Signature[Any]:
-    """The Celery chain of a stored plan's steps from ``start`` on."""
+) -> list[Signature[Any]]:
+    """The messages of a stored plan's steps from ``start`` on, each with its errbacks."""
     steps: list[Mapping[str, Any]] = plan["steps"]
     count = len(steps)
-    routes = {s["compensate"]: _compensation_route(app, s["compensate"])
-              for s in steps if s["compensate"]}  # fmt: skip
+    names = {s["compensate"] for s in steps if s["compensate"]}
+    routes = {name: _compensation_route(app, name) for name in names}
     signatures: list[Signature[Any]] = []
     for step in steps[start:]:
         index = step["index"]
@@ -247,7 +247,26 @@ def build_chain(
                 immutable=step["immutable"],
             )
         )
+    return signatures
+
+
+def build_chain(
+    app: Celery, saga_id: str, plan: Mapping[str, Any], start: int = 0
+) -> Signature[Any]:
+    """The Celery chain of a stored plan's steps from ``start`` on."""
+    signatures = step_signatures(app, saga_id, plan, start)
     return signatures[0] if len(signatures) == 1 else chain(*signatures, app=app)
+
+
+def publish(app: Celery, saga_id: str, plan: Mapping[str, Any], start: int = 0) -> None:
+    """Send a stored plan's steps from ``start`` on, as one Celery chain.
+
+    The same message ``build_chain(...).apply_async()`` sends (the first step, carrying
+    the rest in its ``chain`` field), without the chain's pass that clones and freezes
+    every signature: these were all made just now, with their task ids set.
+    """
+    first, *rest = step_signatures(app, saga_id, plan, start)
+    first.apply_async(chain=rest[::-1] or None)
 
 
 class Saga:
@@ -327,7 +346,7 @@ class Saga:
                 )
             return SagaResult(saga_id, app=app)
         try:
-            build_chain(app, saga_id, stored).apply_async()
+            publish(app, saga_id, stored)
         except BaseException:
             store.delete_saga(saga_id)  # nothing half-stored: the saga was never sent
             raise

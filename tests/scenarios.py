@@ -11,7 +11,7 @@ import uuid
 import pytest
 
 from celery_saga import SagaCompensated, SagaConflictError, SagaFailed, SagaResult
-from celery_saga.canvas import build_chain
+from celery_saga.canvas import build_chain, publish
 from celery_saga.status import SagaStatus, StepStatus
 from tests.support.envs import SagaEnv
 
@@ -128,7 +128,7 @@ class SagaScenarios:
             env.sig("act", tag="a", sleep=0.5), env.sig("act", tag="b"), env.sig("act", tag="c")
         ).apply_async(saga_id=new_id())
         plan = result.record.plan  # type: ignore[union-attr]
-        build_chain(env.app, result.id, plan).apply_async()  # while step a runs
+        publish(env.app, result.id, plan)  # while step a runs
         assert result.get(timeout=TIMEOUT)["tag"] == "c"
         build_chain(env.app, result.id, plan).apply_async()  # after the saga completed
         build_chain(env.app, result.id, plan, start=1).apply_async()
