@@ -7,16 +7,10 @@ import socket
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from urllib.parse import urlsplit
 
 import pytest
 from sqlalchemy import create_engine, text
-
-SERVICES: dict[str, tuple[str, int]] = {
-    "postgres": ("127.0.0.1", 5432),
-    "redis": ("127.0.0.1", 6379),
-    "rabbitmq": ("127.0.0.1", 5672),
-    "mysql": ("127.0.0.1", 3306),
-}
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "SAGA_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -24,6 +18,20 @@ POSTGRES_ADMIN_URL = os.environ.get(
 MYSQL_ADMIN_URL = os.environ.get("SAGA_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test")
 REDIS_URL = os.environ.get("SAGA_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 RABBITMQ_URL = os.environ.get("SAGA_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
+
+
+def _address(url: str, default_port: int) -> tuple[str, int]:
+    parsed = urlsplit(url)
+    return parsed.hostname or "127.0.0.1", parsed.port or default_port
+
+
+#: Where each service is expected (from the SAGA_TEST_*_URL settings above).
+SERVICES: dict[str, tuple[str, int]] = {
+    "postgres": _address(POSTGRES_ADMIN_URL, 5432),
+    "redis": _address(REDIS_URL, 6379),
+    "rabbitmq": _address(RABBITMQ_URL, 5672),
+    "mysql": _address(MYSQL_ADMIN_URL, 3306),
+}
 
 
 def in_ci() -> bool:

@@ -1,0 +1,64 @@
+"""The project as a newcomer meets it: the demo runs as written, CI runs the README's command."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support import services
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def readme_commands() -> list[str]:
+    """The shell commands in README.md's bash blocks."""
+    text = (ROOT / "README.md").read_text()
+    return [c.strip() for c in re.findall(r"```bash\n(.*?)```", text, flags=re.S)]
+
+
+def test_ci_runs_exactly_the_readme_test_command() -> None:
+    """The last line of .ci/run is the README's test command, to the letter."""
+    commands = readme_commands()
+    test_command = next(c for c in commands if "pytest" in c)
+    ci_lines = (ROOT / ".ci" / "run").read_text().strip().splitlines()
+    assert ci_lines[-1] == test_command
+
+
+def test_demo_runs_as_written(tmp_path: Path) -> None:
+    """examples/demo.py runs a real worker and shows one completed and one compensated saga."""
+    demo = next(c for c in readme_commands() if "demo.py" in c)
+    assert demo.endswith("examples/demo.py")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "demo.py")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    assert re.search(r"saga order-\w+-1: COMPLETED", out)
+    assert re.search(r"saga order-\w+-2: COMPENSATED", out)
+    assert "SagaCompensated" in out
+    assert "refunded pay-o-" in out
+    assert "released res-sku-1-sku-out-of-stock" in out
+    assert (tmp_path / "celery_saga.sqlite3").exists()  # the default store, in the cwd
+
+
+def test_missing_service_skips_locally(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without CI, an unreachable service skips its tests and says why."""
+    monkeypatch.setitem(services.SERVICES, "redis", ("127.0.0.1", 1))
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match=r"redis is not reachable at 127\.0\.0\.1:1"):
+        services.require("redis")
+
+
+def test_missing_service_fails_in_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With CI=true, an unreachable service fails its tests instead of skipping them."""
+    monkeypatch.setitem(services.SERVICES, "redis", ("127.0.0.1", 1))
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI=true requires every service"):
+        services.require("redis")
