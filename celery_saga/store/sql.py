@@ -1,10 +1,12 @@
 """The SQL saga store: SQLite, PostgreSQL and MySQL/MariaDB through SQLAlchemy Core.
 
 Features:
-    Every transition is one short transaction, committed before the caller publishes the
-    next message. A step is owned through a claim (fencing token + lease): a second
-    delivery of the same step cannot claim it while the lease is alive, and a late owner
-    whose token was replaced cannot record its result.
+    Every transition is one statement (in autocommit on PostgreSQL and MySQL) or one short
+    transaction, committed before the caller publishes the next message. A step is owned
+    through a claim (fencing token + lease): a second delivery of the same step cannot
+    claim it while the lease is alive, and a late owner whose token was replaced cannot
+    record its result. A step's row is created by its first claim; starting a saga writes
+    only the saga's row, with its plan.
 
 Connection string:
     Any SQLAlchemy URL: ``sqlite:///celery_saga.sqlite3`` (the default, a file in the
@@ -24,67 +26,31 @@ import enum
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
-from kombu.utils.json import dumps as json_dumps
-from kombu.utils.json import loads as json_loads
-from sqlalchemy import (
-    Connection,
-    Engine,
-    Executable,
-    Insert,
-    Integer,
-    Row,
-    Select,
-    String,
-    and_,
-    bindparam,
-    case,
-    create_engine,
-    delete,
-    event,
-    exists,
-    func,
-    insert,
-    literal,
-    or_,
-    select,
-    update,
-)
-from sqlalchemy.dialects import mysql, postgresql, sqlite
-from sqlalchemy.engine import make_url
+from sqlalchemy import Connection, Engine, and_, case, delete, exists, func, or_, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
-from sqlalchemy.pool import StaticPool
 
 from ..errors import SagaStoreError
 from ..records import SagaRecord, StepRecord
 from ..status import SagaStatus, StepStatus
 from . import migrations
+from ._rows import pending_step, saga_record, step_record, utcnow
+from ._statements import (
+    CLAIM_STEP,
+    CLAIM_STEP_RETURNING,
+    COMPLETE_LAST_STEP_PG,
+    COMPLETE_SAGA,
+    COMPLETE_STEP,
+    INSERT_SAGA,
+    SAGA_STATUS,
+    claim_by_insert,
+)
+from .engine import READ_ONLY, EncodedJSON, make_engine
 from .schema import saga_steps, sagas
 
-__all__ = ["Claim", "ClaimOutcome", "EncodedJSON", "SagaStore", "utcnow"]
-
-_READ = {"celery_saga_read": True}
-
-
-class EncodedJSON(str):
-    """JSON text encoded already: the store writes it as it is instead of encoding again."""
-
-    __slots__ = ()
-
-
-def _encode(value: Any) -> str:
-    return value if type(value) is EncodedJSON else json_dumps(value)
-
-
-def utcnow() -> datetime:
-    """Now, as the naive UTC timestamp the tables store."""
-    return datetime.now(UTC).replace(tzinfo=None)
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    return None if value is None else value.replace(tzinfo=UTC)
+__all__ = ["Claim", "ClaimOutcome", "EncodedJSON", "SagaStore", "make_engine", "utcnow"]
 
 
 class ClaimOutcome(enum.Enum):
@@ -108,222 +74,6 @@ class Claim:
     step: StepRecord | None = None
 
 
-def _step_record(row: Row[Any]) -> StepRecord:
-    m = row._mapping
-    return StepRecord(
-        saga_id=m["saga_id"],
-        index=m["idx"],
-        stage=m["stage"],
-        name=m["task"],
-        compensate=m["compensate"],
-        status=StepStatus(m["status"]),
-        attempts=m["attempts"],
-        args=m["args"],
-        kwargs=m["kwargs"],
-        result=m["result"],
-        error=m["error"],
-        started_at=_aware(m["started_at"]),
-        finished_at=_aware(m["finished_at"]),
-        compensation_attempts=m["compensation_attempts"],
-        compensation_error=m["compensation_error"],
-        compensation_started_at=_aware(m["compensation_started_at"]),
-        compensation_finished_at=_aware(m["compensation_finished_at"]),
-    )
-
-
-def _pending_step(saga_id: str, step: Mapping[str, Any]) -> StepRecord:
-    """The record of a planned step that has not started (it has no row yet)."""
-    return StepRecord(
-        saga_id=saga_id,
-        index=step["index"],
-        stage=step["stage"],
-        name=step["task"],
-        compensate=step["compensate"],
-        status=StepStatus.PENDING,
-        attempts=0,
-        args=None,
-        kwargs=None,
-        result=None,
-        error=None,
-        started_at=None,
-        finished_at=None,
-        compensation_attempts=0,
-        compensation_error=None,
-        compensation_started_at=None,
-        compensation_finished_at=None,
-    )
-
-
-def _saga_record(row: Row[Any]) -> SagaRecord:
-    m = row._mapping
-    created_at = _aware(m["created_at"])
-    updated_at = _aware(m["updated_at"])
-    assert created_at is not None
-    assert updated_at is not None
-    return SagaRecord(
-        id=m["id"],
-        name=m["name"],
-        status=SagaStatus(m["status"]),
-        plan=m["plan"],
-        plan_hash=m["plan_hash"],
-        step_count=m["step_count"],
-        error=m["error"],
-        failed_step=m["failed_step"],
-        created_at=created_at,
-        updated_at=updated_at,
-        finished_at=_aware(m["finished_at"]),
-    )
-
-
-def _configure_sqlite(engine: Engine) -> None:
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        # Let SQLAlchemy's "begin" event below issue BEGIN, not the sqlite3 module.
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA busy_timeout = 30000")
-        cursor.execute("PRAGMA foreign_keys = ON")
-        if engine.url.database not in (None, "", ":memory:"):
-            cursor.execute("PRAGMA journal_mode = WAL")
-            cursor.execute("PRAGMA synchronous = NORMAL")
-        cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(connection: Connection) -> None:
-        read_only = connection.get_execution_options().get("celery_saga_read", False)
-        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
-
-
-# The statements of the happy path, built once: building and cache-keying a statement
-# on every call costs more CPU than running it.
-_c = saga_steps.c
-_INSERT_SAGA = insert(sagas)
-_SAGA_IS_RUNNING = exists().where(
-    sagas.c.id == bindparam("p_saga"), sagas.c.status == SagaStatus.RUNNING
-)
-_CLAIM_STEP = (
-    update(saga_steps)
-    .where(
-        _c.saga_id == bindparam("p_saga"),
-        _c.idx == bindparam("p_index"),
-        or_(
-            _c.status == StepStatus.PENDING,
-            and_(_c.status == StepStatus.RUNNING, _c.lease_expires_at < bindparam("p_now")),
-        ),
-        _SAGA_IS_RUNNING,
-    )
-    .values(
-        status=StepStatus.RUNNING,
-        attempts=_c.attempts + 1,
-        claim=bindparam("p_token"),
-        lease_expires_at=bindparam("p_lease"),
-        started_at=func.coalesce(_c.started_at, bindparam("p_now")),
-        args=bindparam("p_args", type_=_c.args.type),
-        kwargs=bindparam("p_kwargs", type_=_c.kwargs.type),
-    )
-)
-_CLAIM_STEP_RETURNING = _CLAIM_STEP.returning(_c.attempts)
-_OWNED_RUNNING_STEP = (
-    _c.saga_id == bindparam("p_saga"),
-    _c.idx == bindparam("p_index"),
-    _c.claim == bindparam("p_token"),
-    _c.status == StepStatus.RUNNING,
-)
-_COMPLETE_STEP = (
-    update(saga_steps)
-    .where(*_OWNED_RUNNING_STEP)
-    .values(
-        status=StepStatus.SUCCEEDED,
-        result=bindparam("p_result", type_=_c.result.type),
-        finished_at=bindparam("p_now"),
-        lease_expires_at=None,
-    )
-)
-_COMPLETE_SAGA = (
-    update(sagas)
-    .where(sagas.c.id == bindparam("p_saga"), sagas.c.status == SagaStatus.RUNNING)
-    .values(
-        status=SagaStatus.COMPLETED, finished_at=bindparam("p_now"), updated_at=bindparam("p_now")
-    )
-)
-_SAGA_STATUS = select(sagas.c.status).where(sagas.c.id == bindparam("p_saga"))
-
-
-def _complete_last_step_in_one_statement() -> Select[int]:
-    """PostgreSQL: record the last step and complete the saga in one statement.
-
-    ``WITH step AS (UPDATE steps ... RETURNING), saga AS (UPDATE sagas ... WHERE id IN
-    step) SELECT count(*) FROM step``: both updates or neither, no BEGIN/COMMIT trips.
-    """
-    step = _COMPLETE_STEP.returning(_c.saga_id).cte("completed_step")
-    saga = (
-        update(sagas)
-        .where(
-            sagas.c.id.in_(select(step.c.saga_id)),
-            sagas.c.status == SagaStatus.RUNNING,
-        )
-        .values(status=SagaStatus.COMPLETED, finished_at=bindparam("p_now"),
-                updated_at=bindparam("p_now"))
-        .returning(sagas.c.id)
-        .cte("completed_saga")
-    )  # fmt: skip
-    return select(func.count()).select_from(step).add_cte(saga)
-
-
-_COMPLETE_LAST_STEP_PG = _complete_last_step_in_one_statement()
-
-
-def _claim_by_insert(dialect: str, returning: bool) -> Executable:
-    """A step's first claim creates its row, if the saga is running and no row exists yet.
-
-    ``INSERT INTO steps ... SELECT <values> WHERE <saga is running>``, ignoring a
-    duplicate key (another delivery claimed first, or an earlier attempt left the row).
-    """
-    columns = [
-        "saga_id", "idx", "stage", "task", "compensate", "status", "attempts", "claim",
-        "lease_expires_at", "started_at", "args", "kwargs", "compensation_attempts",
-    ]  # fmt: skip
-    values = select(
-        bindparam("p_saga", type_=String),
-        bindparam("p_index", type_=Integer),
-        bindparam("p_stage", type_=Integer),
-        bindparam("p_task", type_=String),
-        bindparam("p_compensate", type_=String),
-        literal(StepStatus.RUNNING.value, String),
-        literal(1, Integer),
-        bindparam("p_token", type_=String),
-        bindparam("p_lease", type_=_c.lease_expires_at.type),
-        bindparam("p_now", type_=_c.started_at.type),
-        bindparam("p_args", type_=_c.args.type),
-        bindparam("p_kwargs", type_=_c.kwargs.type),
-        literal(0, Integer),
-    ).where(_SAGA_IS_RUNNING)
-    stmt: Insert
-    if dialect == "postgresql":
-        stmt = postgresql.insert(saga_steps).from_select(columns, values).on_conflict_do_nothing()
-    elif dialect == "sqlite":
-        stmt = sqlite.insert(saga_steps).from_select(columns, values).on_conflict_do_nothing()
-    else:
-        stmt = mysql.insert(saga_steps).from_select(columns, values).prefix_with("IGNORE")
-    # Some drivers report no rowcount for INSERT ... SELECT: ask for the row back instead.
-    return stmt.returning(_c.attempts) if returning else stmt
-
-
-def make_engine(url: str, options: Mapping[str, Any] | None = None) -> Engine:
-    """Create the engine of a saga store, with kombu's JSON for the JSON columns."""
-    kwargs: dict[str, Any] = {"json_serializer": _encode, "json_deserializer": json_loads}
-    parsed = make_url(url)
-    is_sqlite = parsed.get_backend_name() == "sqlite"
-    if is_sqlite and parsed.database in (None, "", ":memory:"):
-        kwargs["poolclass"] = StaticPool
-        kwargs["connect_args"] = {"check_same_thread": False}
-    kwargs.update(options or {})
-    engine = create_engine(parsed, **kwargs)
-    if is_sqlite:
-        _configure_sqlite(engine)
-    return engine
-
-
 class SagaStore:
     """Saga and step rows in a SQL database.
 
@@ -343,7 +93,7 @@ class SagaStore:
         # A write of one statement is atomic by itself: on servers, run it in autocommit
         # and save the BEGIN and COMMIT round trips. (SQLite keeps BEGIN IMMEDIATE.)
         dialect = self.engine.dialect
-        self._claim_insert = _claim_by_insert(dialect.name, dialect.insert_returning)
+        self._claim_insert = claim_by_insert(dialect.name, dialect.insert_returning)
         # (An engine of its own, made in autocommit, so its pooled connections are not
         # switched in and out of autocommit on every checkout.)
         self._autocommit: Engine | None = (
@@ -406,7 +156,7 @@ class SagaStore:
     def _read(self, doing: str) -> Iterator[Connection]:
         self.ensure_schema()
         with self._errors(doing), self.engine.connect() as connection:
-            yield connection.execution_options(**_READ)
+            yield connection.execution_options(**READ_ONLY)
 
     def dispose(self, *, close: bool = True) -> None:
         """Drop the connection pools (``close=False`` in a forked child)."""
@@ -423,7 +173,7 @@ class SagaStore:
         """
         try:
             with self._write_one("store the saga") as connection:
-                connection.execute(_INSERT_SAGA, dict(saga_row))
+                connection.execute(INSERT_SAGA, dict(saga_row))
         except IntegrityError:
             existing = self.get_saga(str(saga_row["id"]))
             if existing is None:
@@ -471,9 +221,9 @@ class SagaStore:
             if inserted.first() is not None if inserted.returns_rows else inserted.rowcount == 1:
                 attempt: int | None = 1
             elif self.engine.dialect.update_returning:
-                attempt = connection.execute(_CLAIM_STEP_RETURNING, params).scalar()
+                attempt = connection.execute(CLAIM_STEP_RETURNING, params).scalar()
             else:
-                claimed = connection.execute(_CLAIM_STEP, params).rowcount == 1
+                claimed = connection.execute(CLAIM_STEP, params).rowcount == 1
                 attempt = self._attempts(connection, saga_id, index) if claimed else None
         if attempt is not None:
             return Claim(ClaimOutcome.CLAIMED, token=token, attempt=int(attempt))
@@ -525,15 +275,15 @@ class SagaStore:
         }
         if not last:
             with self._write_one("record the step's result") as connection:
-                return connection.execute(_COMPLETE_STEP, params).rowcount == 1
+                return connection.execute(COMPLETE_STEP, params).rowcount == 1
         if self.engine.dialect.name == "postgresql":
             with self._write_one("record the step's result") as connection:
-                return connection.execute(_COMPLETE_LAST_STEP_PG, params).scalar() == 1
+                return connection.execute(COMPLETE_LAST_STEP_PG, params).scalar() == 1
         with self._write("record the step's result") as connection:
-            if connection.execute(_COMPLETE_STEP, params).rowcount != 1:
+            if connection.execute(COMPLETE_STEP, params).rowcount != 1:
                 connection.rollback()
                 return False
-            connection.execute(_COMPLETE_SAGA, params)
+            connection.execute(COMPLETE_SAGA, params)
         return True
 
     def fail_step(
@@ -639,7 +389,7 @@ class SagaStore:
             ).first()
         if row is None:
             return Claim(ClaimOutcome.MISSING)
-        step = _step_record(row)
+        step = step_record(row)
         if claimed == 1:
             return Claim(
                 ClaimOutcome.CLAIMED,
@@ -724,12 +474,12 @@ class SagaStore:
         """The saga's row, or None."""
         with self._read("read the saga") as connection:
             row = connection.execute(select(sagas).where(sagas.c.id == saga_id)).first()
-        return None if row is None else _saga_record(row)
+        return None if row is None else saga_record(row)
 
     def get_status(self, saga_id: str) -> SagaStatus | None:
         """Only the saga's status (what ``SagaResult.get`` polls)."""
         with self._read("read the saga's status") as connection:
-            status = connection.execute(_SAGA_STATUS, {"p_saga": saga_id}).scalar()
+            status = connection.execute(SAGA_STATUS, {"p_saga": saga_id}).scalar()
         return None if status is None else SagaStatus(status)
 
     def get_steps(self, saga_id: str) -> list[StepRecord]:
@@ -739,9 +489,7 @@ class SagaStore:
             rows = connection.execute(
                 select(saga_steps).where(saga_steps.c.saga_id == saga_id)
             ).all()
-        started = {row.idx: _step_record(row) for row in rows}
+        started = {row.idx: step_record(row) for row in rows}
         if not plan:
             return [started[index] for index in sorted(started)]
-        return [
-            started.get(step["index"]) or _pending_step(saga_id, step) for step in plan["steps"]
-        ]
+        return [started.get(step["index"]) or pending_step(saga_id, step) for step in plan["steps"]]

@@ -13,6 +13,8 @@ from celery_saga import SagaStatus, saga, saga_step
 from celery_saga.step import step_definition
 
 
+# Celery 5.7 deprecates the queue task attribute (for task_routes); it still works.
+@pytest.mark.filterwarnings("ignore::celery.exceptions.CDeprecationWarning")
 def test_decorator_keeps_task_options(app: Celery) -> None:
     """The decorated task keeps its name, queue, rate limit and retry options."""
 

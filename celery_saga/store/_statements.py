@@ -1,0 +1,150 @@
+"""The statements of the happy path, built once with bind parameters.
+
+Building and cache-keying a statement on every call costs more CPU than running it.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Executable,
+    Insert,
+    Integer,
+    Select,
+    String,
+    and_,
+    bindparam,
+    exists,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects import mysql, postgresql, sqlite
+
+from ..status import SagaStatus, StepStatus
+from .schema import saga_steps, sagas
+
+__all__ = [
+    "CLAIM_STEP",
+    "CLAIM_STEP_RETURNING",
+    "COMPLETE_LAST_STEP_PG",
+    "COMPLETE_SAGA",
+    "COMPLETE_STEP",
+    "INSERT_SAGA",
+    "SAGA_STATUS",
+    "claim_by_insert",
+]
+
+_c = saga_steps.c
+INSERT_SAGA = insert(sagas)
+_SAGA_IS_RUNNING = exists().where(
+    sagas.c.id == bindparam("p_saga"), sagas.c.status == SagaStatus.RUNNING
+)
+CLAIM_STEP = (
+    update(saga_steps)
+    .where(
+        _c.saga_id == bindparam("p_saga"),
+        _c.idx == bindparam("p_index"),
+        or_(
+            _c.status == StepStatus.PENDING,
+            and_(_c.status == StepStatus.RUNNING, _c.lease_expires_at < bindparam("p_now")),
+        ),
+        _SAGA_IS_RUNNING,
+    )
+    .values(
+        status=StepStatus.RUNNING,
+        attempts=_c.attempts + 1,
+        claim=bindparam("p_token"),
+        lease_expires_at=bindparam("p_lease"),
+        started_at=func.coalesce(_c.started_at, bindparam("p_now")),
+        args=bindparam("p_args", type_=_c.args.type),
+        kwargs=bindparam("p_kwargs", type_=_c.kwargs.type),
+    )
+)
+CLAIM_STEP_RETURNING = CLAIM_STEP.returning(_c.attempts)
+_OWNED_RUNNING_STEP = (
+    _c.saga_id == bindparam("p_saga"),
+    _c.idx == bindparam("p_index"),
+    _c.claim == bindparam("p_token"),
+    _c.status == StepStatus.RUNNING,
+)
+COMPLETE_STEP = (
+    update(saga_steps)
+    .where(*_OWNED_RUNNING_STEP)
+    .values(
+        status=StepStatus.SUCCEEDED,
+        result=bindparam("p_result", type_=_c.result.type),
+        finished_at=bindparam("p_now"),
+        lease_expires_at=None,
+    )
+)
+COMPLETE_SAGA = (
+    update(sagas)
+    .where(sagas.c.id == bindparam("p_saga"), sagas.c.status == SagaStatus.RUNNING)
+    .values(
+        status=SagaStatus.COMPLETED, finished_at=bindparam("p_now"), updated_at=bindparam("p_now")
+    )
+)
+SAGA_STATUS = select(sagas.c.status).where(sagas.c.id == bindparam("p_saga"))
+
+
+def _complete_last_step_in_one_statement() -> Select[int]:
+    """PostgreSQL: record the last step and complete the saga in one statement.
+
+    ``WITH step AS (UPDATE steps ... RETURNING), saga AS (UPDATE sagas ... WHERE id IN
+    step) SELECT count(*) FROM step``: both updates or neither, no BEGIN/COMMIT trips.
+    """
+    step = COMPLETE_STEP.returning(_c.saga_id).cte("completed_step")
+    saga = (
+        update(sagas)
+        .where(
+            sagas.c.id.in_(select(step.c.saga_id)),
+            sagas.c.status == SagaStatus.RUNNING,
+        )
+        .values(status=SagaStatus.COMPLETED, finished_at=bindparam("p_now"),
+                updated_at=bindparam("p_now"))
+        .returning(sagas.c.id)
+        .cte("completed_saga")
+    )  # fmt: skip
+    return select(func.count()).select_from(step).add_cte(saga)
+
+
+COMPLETE_LAST_STEP_PG = _complete_last_step_in_one_statement()
+
+
+def claim_by_insert(dialect: str, returning: bool) -> Executable:
+    """A step's first claim creates its row, if the saga is running and no row exists yet.
+
+    ``INSERT INTO steps ... SELECT <values> WHERE <saga is running>``, ignoring a
+    duplicate key (another delivery claimed first, or an earlier attempt left the row).
+    """
+    columns = [
+        "saga_id", "idx", "stage", "task", "compensate", "status", "attempts", "claim",
+        "lease_expires_at", "started_at", "args", "kwargs", "compensation_attempts",
+    ]  # fmt: skip
+    values = select(
+        bindparam("p_saga", type_=String),
+        bindparam("p_index", type_=Integer),
+        bindparam("p_stage", type_=Integer),
+        bindparam("p_task", type_=String),
+        bindparam("p_compensate", type_=String),
+        literal(StepStatus.RUNNING.value, String),
+        literal(1, Integer),
+        bindparam("p_token", type_=String),
+        bindparam("p_lease", type_=_c.lease_expires_at.type),
+        bindparam("p_now", type_=_c.started_at.type),
+        bindparam("p_args", type_=_c.args.type),
+        bindparam("p_kwargs", type_=_c.kwargs.type),
+        literal(0, Integer),
+    ).where(_SAGA_IS_RUNNING)
+    stmt: Insert
+    if dialect == "postgresql":
+        stmt = postgresql.insert(saga_steps).from_select(columns, values).on_conflict_do_nothing()
+    elif dialect == "sqlite":
+        stmt = sqlite.insert(saga_steps).from_select(columns, values).on_conflict_do_nothing()
+    else:
+        stmt = mysql.insert(saga_steps).from_select(columns, values).prefix_with("IGNORE")
+    # Some drivers report no rowcount for INSERT ... SELECT: ask for the row back instead.
+    return stmt.returning(_c.attempts) if returning else stmt
