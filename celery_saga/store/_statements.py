@@ -32,7 +32,10 @@ __all__ = [
     "COMPLETE_LAST_STEP_PG",
     "COMPLETE_SAGA",
     "COMPLETE_STEP",
+    "FAIL_SAGA",
+    "FAIL_STEP",
     "INSERT_SAGA",
+    "RELEASE_STEP",
     "SAGA_STATUS",
     "claim_by_insert",
 ]
@@ -77,6 +80,36 @@ COMPLETE_STEP = (
         status=StepStatus.SUCCEEDED,
         result=bindparam("p_result", type_=_c.result.type),
         finished_at=bindparam("p_now"),
+        lease_expires_at=None,
+    )
+)
+FAIL_STEP = (
+    update(saga_steps)
+    .where(*_OWNED_RUNNING_STEP)
+    .values(
+        status=StepStatus.FAILED,
+        error=bindparam("p_error", type_=_c.error.type),
+        finished_at=bindparam("p_now"),
+        lease_expires_at=None,
+    )
+)
+FAIL_SAGA = (
+    update(sagas)
+    .where(sagas.c.id == bindparam("p_saga"), sagas.c.status == SagaStatus.RUNNING)
+    .values(
+        status=bindparam("p_status", type_=String),
+        error=bindparam("p_error", type_=sagas.c.error.type),
+        failed_step=bindparam("p_index"),
+        updated_at=bindparam("p_now"),
+        finished_at=bindparam("p_finished", type_=sagas.c.finished_at.type),
+    )
+)
+RELEASE_STEP = (
+    update(saga_steps)
+    .where(*_OWNED_RUNNING_STEP)
+    .values(
+        status=StepStatus.PENDING,
+        error=bindparam("p_error", type_=_c.error.type),
         lease_expires_at=None,
     )
 )

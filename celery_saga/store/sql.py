@@ -43,7 +43,10 @@ from ._statements import (
     COMPLETE_LAST_STEP_PG,
     COMPLETE_SAGA,
     COMPLETE_STEP,
+    FAIL_SAGA,
+    FAIL_STEP,
     INSERT_SAGA,
+    RELEASE_STEP,
     SAGA_STATUS,
     claim_by_insert,
 )
@@ -300,55 +303,29 @@ class SagaStore:
         Returns False, writing nothing, if the caller no longer owns the step.
         """
         now = utcnow()
-        c = saga_steps.c
+        params = {
+            "p_saga": saga_id,
+            "p_index": index,
+            "p_token": token,
+            "p_error": dict(error),
+            "p_now": now,
+            "p_status": saga_status.value,
+            "p_finished": now if saga_status.is_terminal else None,
+        }
         with self._write("record the step's failure") as connection:
-            owned = connection.execute(
-                update(saga_steps)
-                .where(
-                    c.saga_id == saga_id,
-                    c.idx == index,
-                    c.claim == token,
-                    c.status == StepStatus.RUNNING,
-                )
-                .values(
-                    status=StepStatus.FAILED,
-                    error=dict(error),
-                    finished_at=now,
-                    lease_expires_at=None,
-                )
-            ).rowcount
-            if owned != 1:
+            if connection.execute(FAIL_STEP, params).rowcount != 1:
                 connection.rollback()
                 return False
-            connection.execute(
-                update(sagas)
-                .where(sagas.c.id == saga_id, sagas.c.status == SagaStatus.RUNNING)
-                .values(
-                    status=saga_status,
-                    error=dict(error),
-                    failed_step=index,
-                    updated_at=now,
-                    finished_at=now if saga_status.is_terminal else None,
-                )
-            )
+            connection.execute(FAIL_SAGA, params)
         return True
 
     def release_step(
         self, saga_id: str, index: int, token: str, error: Mapping[str, Any] | None
     ) -> None:
         """Give a claimed step back (it will be retried or redelivered)."""
-        c = saga_steps.c
+        params = {"p_saga": saga_id, "p_index": index, "p_token": token, "p_error": error}
         with self._write_one("release the step") as connection:
-            connection.execute(
-                update(saga_steps)
-                .where(
-                    c.saga_id == saga_id,
-                    c.idx == index,
-                    c.claim == token,
-                    c.status == StepStatus.RUNNING,
-                )
-                .values(status=StepStatus.PENDING, error=error, lease_expires_at=None)
-            )
+            connection.execute(RELEASE_STEP, params)
 
     # -- compensations ------------------------------------------------------------
 

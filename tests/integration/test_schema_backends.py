@@ -9,21 +9,17 @@ from tests.support.services import MYSQL_ADMIN_URL, POSTGRES_ADMIN_URL, require,
 from tests.unit.test_schema import assert_no_drift
 
 
-@pytest.mark.postgres
-def test_postgres_schema_matches_migrations() -> None:
-    """On PostgreSQL the migrated schema equals the table definitions."""
-    require("postgres")
-    with scratch_database(POSTGRES_ADMIN_URL, "postgresql") as url:
-        engine = make_engine(url)
-        assert_no_drift(engine)
-        engine.dispose()
-
-
-@pytest.mark.mysql
-def test_mysql_schema_matches_migrations() -> None:
-    """On MariaDB the migrated schema equals the table definitions."""
-    require("mysql")
-    with scratch_database(MYSQL_ADMIN_URL, "mysql") as url:
+@pytest.mark.parametrize(
+    ("service", "admin_url", "dialect"),
+    [
+        pytest.param("postgres", POSTGRES_ADMIN_URL, "postgresql", marks=pytest.mark.postgres),
+        pytest.param("mysql", MYSQL_ADMIN_URL, "mysql", marks=pytest.mark.mysql),
+    ],
+)
+def test_schema_matches_migrations(service: str, admin_url: str, dialect: str) -> None:
+    """On each server database the migrated schema equals the table definitions."""
+    require(service)
+    with scratch_database(admin_url, dialect) as url:
         engine = make_engine(url)
         assert_no_drift(engine)
         engine.dispose()
