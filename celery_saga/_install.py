@@ -6,7 +6,7 @@ from typing import Any
 
 from celery import Celery
 
-from .execution import register_tasks
+from .compensation import register_tasks
 from .step import bind_steps
 
 __all__ = ["install"]

@@ -12,6 +12,7 @@ import hashlib
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from celery import Celery, Signature, chain
@@ -19,10 +20,13 @@ from celery.app import app_or_default
 from celery.canvas import _chain
 from kombu.utils.json import dumps as json_dumps
 
+from . import signals
 from ._runtime import get_store
+from .compensation import COMPENSATE_TASK
 from .errors import SagaConfigurationError, SagaConflictError, SagaValidationError
-from .execution import COMPENSATE_TASK, HEADER
+from .execution import HEADER
 from .result import SagaResult
+from .signals import SagaEvent
 from .status import SagaStatus
 from .step import step_definition
 from .store import utcnow
@@ -191,6 +195,7 @@ def _errback(
     steps: Sequence[Mapping[str, Any]],
     failing: int,
     routes: Mapping[str, Mapping[str, Any]],
+    name: str,
 ) -> Signature[Any] | None:
     """The compensations of the steps before ``failing``, newest first, as one chain."""
     undo = [s for s in reversed(steps[:failing]) if s["compensate"]]
@@ -200,7 +205,7 @@ def _errback(
         app.signature(
             COMPENSATE_TASK,
             args=(saga_id, s["index"]),
-            kwargs={"last": position == len(undo) - 1},
+            kwargs={"last": position == len(undo) - 1, "name": name},
             immutable=True,
             **routes[s["compensate"]],
         )
@@ -210,9 +215,17 @@ def _errback(
 
 
 def step_signatures(
-    app: Celery, saga_id: str, plan: Mapping[str, Any], start: int = 0
+    app: Celery,
+    saga_id: str,
+    plan: Mapping[str, Any],
+    start: int = 0,
+    created: datetime | None = None,
 ) -> list[Signature[Any]]:
-    """The messages of a stored plan's steps from ``start`` on, each with its errbacks."""
+    """The messages of a stored plan's steps from ``start`` on, each with its errbacks.
+
+    ``created`` (naive UTC, when the saga was stored) lets workers report durations.
+    """
+    started = None if created is None else created.replace(tzinfo=UTC).timestamp()
     steps: list[Mapping[str, Any]] = plan["steps"]
     count = len(steps)
     names = {s["compensate"] for s in steps if s["compensate"]}
@@ -220,7 +233,7 @@ def step_signatures(
     signatures: list[Signature[Any]] = []
     for step in steps[start:]:
         index = step["index"]
-        errback = _errback(app, saga_id, steps, index, routes)
+        errback = _errback(app, saga_id, steps, index, routes, plan["name"])
         options = dict(step["options"])
         options["task_id"] = step_task_id(saga_id, index)
         # The saga store keeps the step's result: no copy in Celery's result backend.
@@ -234,6 +247,7 @@ def step_signatures(
                 "c": errback is not None,
                 "s": step["stage"],
                 "name": plan["name"],
+                "t": started,
             },
         }
         if errback is not None:
@@ -251,21 +265,31 @@ def step_signatures(
 
 
 def build_chain(
-    app: Celery, saga_id: str, plan: Mapping[str, Any], start: int = 0
+    app: Celery,
+    saga_id: str,
+    plan: Mapping[str, Any],
+    start: int = 0,
+    created: datetime | None = None,
 ) -> Signature[Any]:
     """The Celery chain of a stored plan's steps from ``start`` on."""
-    signatures = step_signatures(app, saga_id, plan, start)
+    signatures = step_signatures(app, saga_id, plan, start, created)
     return signatures[0] if len(signatures) == 1 else chain(*signatures, app=app)
 
 
-def publish(app: Celery, saga_id: str, plan: Mapping[str, Any], start: int = 0) -> None:
+def publish(
+    app: Celery,
+    saga_id: str,
+    plan: Mapping[str, Any],
+    start: int = 0,
+    created: datetime | None = None,
+) -> None:
     """Send a stored plan's steps from ``start`` on, as one Celery chain.
 
     The same message ``build_chain(...).apply_async()`` sends (the first step, carrying
     the rest in its ``chain`` field), without the chain's pass that clones and freezes
     every signature: these were all made just now, with their task ids set.
     """
-    first, *rest = step_signatures(app, saga_id, plan, start)
+    first, *rest = step_signatures(app, saga_id, plan, start, created)
     first.apply_async(chain=rest[::-1] or None)
 
 
@@ -346,10 +370,13 @@ class Saga:
                 )
             return SagaResult(saga_id, app=app)
         try:
-            publish(app, saga_id, stored)
+            publish(app, saga_id, stored, created=now)
         except BaseException:
             store.delete_saga(saga_id)  # nothing half-stored: the saga was never sent
             raise
+        signals.saga_started.send(
+            sender=plan.name, event=SagaEvent(saga_id, plan.name, SagaStatus.RUNNING)
+        )
         return SagaResult(saga_id, app=app)
 
 

@@ -8,6 +8,7 @@ transition is committed to the store before Celery publishes the next message.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -15,34 +16,27 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
-from celery import Celery, Task
-from celery.exceptions import Ignore, Reject, Retry
+from celery import Task
+from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded
 from celery.utils.log import get_task_logger
 from kombu.utils.json import dumps as json_dumps
 
+from . import signals
 from ._errors import describe_error
 from ._runtime import get_store
 from .config import get_config
-from .errors import SagaConfigurationError, SagaStoreError, SagaValidationError
+from .errors import SagaStoreError, SagaValidationError
+from .signals import SagaEvent, StepEvent
 from .status import SagaStatus
 from .step import StepDefinition
 from .store import ClaimOutcome, EncodedJSON
 
-__all__ = [
-    "COMPENSATE_TASK",
-    "HEADER",
-    "StepContext",
-    "current_step",
-    "register_tasks",
-    "run_step",
-]
+__all__ = ["HEADER", "StepContext", "current_step", "run_step", "running", "store_retry"]
 
 logger = get_task_logger(__name__)
 
 #: The message header that makes a task run as a saga step.
 HEADER = "celery_saga"
-#: The internal task that runs one compensation.
-COMPENSATE_TASK = "celery_saga.compensate"
 
 _IDEMPOTENCY_NAMESPACE = uuid.UUID("7d2c8f0e-5b1a-4b8e-9a53-3c1f0f6a9e21")
 _MAX_STORE_RETRY_DELAY = 30.0
@@ -85,7 +79,7 @@ def current_step() -> StepContext | None:
 
 
 @contextmanager
-def _running(context: StepContext) -> Iterator[None]:
+def running(context: StepContext) -> Iterator[None]:
     token = _current.set(context)
     try:
         yield
@@ -93,7 +87,7 @@ def _running(context: StepContext) -> Iterator[None]:
         _current.reset(token)
 
 
-def _store_retry(task: Task[Any, Any], exc: SagaStoreError) -> Retry:
+def store_retry(task: Task[Any, Any], exc: SagaStoreError) -> Retry:
     """Retry the message later: the store is down, and the saga must not move without it."""
     config = get_config(task.app)
     delay = min(2.0**task.request.retries, _MAX_STORE_RETRY_DELAY)
@@ -119,6 +113,10 @@ def _encode_result(result: Any, limit: int, step_name: str) -> EncodedJSON:
     return EncodedJSON(encoded)
 
 
+def _seconds_since(epoch: float | None) -> float | None:
+    return None if epoch is None else max(time.time() - epoch, 0.0)
+
+
 def run_step(
     task: Task[Any, Any],
     definition: StepDefinition,
@@ -133,6 +131,7 @@ def run_step(
         return original(*args, **kwargs)
 
     saga_id: str = header["id"]
+    saga_name: str = header.get("name", "")
     index: int = header["i"]
     config = get_config(task.app)
     store = get_store(task.app)
@@ -153,151 +152,85 @@ def run_step(
             compensate=definition.compensation_name,
         )
     except SagaStoreError as exc:
-        raise _store_retry(task, exc) from exc
+        raise store_retry(task, exc) from exc
 
-    if claim.outcome is ClaimOutcome.DONE:
-        logger.info(
-            "saga %s step %d (%s) already succeeded: passing its result on",
-            saga_id,
-            index,
-            task.name,
-        )
-        return claim.result
+    def event(**fields: Any) -> StepEvent:
+        return StepEvent(saga_id=saga_id, saga_name=saga_name, step_index=index,
+                         step_name=task.name, **fields)  # fmt: skip
+
     if claim.outcome is not ClaimOutcome.CLAIMED:
-        logger.info(
-            "saga %s step %d (%s) not run: %s", saga_id, index, task.name, claim.outcome.value
-        )
+        reason = claim.outcome.value
+        logger.info("saga %s step %d (%s) not run: %s", saga_id, index, task.name, reason)
+        signals.step_skipped.send(sender=task.name, event=event(reason=reason))
+        if claim.outcome is ClaimOutcome.DONE:
+            return claim.result  # a redelivery of a step that succeeded: pass its result on
         raise Ignore()
 
     context = StepContext(
         saga_id=saga_id,
-        saga_name=header.get("name", ""),
+        saga_name=saga_name,
         step_index=index,
         step_name=task.name,
         attempt=claim.attempt,
     )
+    signals.step_started.send(sender=task.name, event=event(attempt=claim.attempt))
+    started = time.monotonic()
     try:
-        with _running(context):
+        with running(context):
             result = original(*args, **kwargs)
         encoded = _encode_result(result, config.max_result_bytes, task.name)
     except (Retry, Reject, Ignore) as exc:
         # The message comes back (retry, requeue) or is dropped on purpose: free the claim.
+        error = describe_error(exc)
         try:
-            store.release_step(saga_id, index, token, describe_error(exc))
+            store.release_step(saga_id, index, token, error)
         except SagaStoreError:
             logger.exception("saga %s step %d: could not release the claim", saga_id, index)
+        if isinstance(exc, Retry):
+            signals.step_retried.send(sender=task.name, event=event(
+                attempt=claim.attempt, duration=time.monotonic() - started, error=error,
+                reason="retry"))  # fmt: skip
         raise
     except Exception as exc:
+        error = describe_error(exc)
         saga_status = SagaStatus.COMPENSATING if header.get("c") else SagaStatus.COMPENSATED
         try:
-            recorded = store.fail_step(
-                saga_id, index, token, describe_error(exc), saga_status=saga_status
-            )
+            recorded = store.fail_step(saga_id, index, token, error, saga_status=saga_status)
         except SagaStoreError as store_exc:
-            raise _store_retry(task, store_exc) from exc
+            raise store_retry(task, store_exc) from exc
         if not recorded:
             logger.warning(
                 "saga %s step %d: lost its claim; not compensating from here", saga_id, index
             )
             raise Ignore() from exc
+        timed_out = isinstance(exc, SoftTimeLimitExceeded)
+        failed = event(
+            attempt=claim.attempt,
+            duration=time.monotonic() - started,
+            error=error,
+            reason="timeout" if timed_out else "error",
+        )
+        if timed_out:
+            signals.step_timed_out.send(sender=task.name, event=failed)
+        signals.step_failed.send(sender=task.name, event=failed)
+        if saga_status is SagaStatus.COMPENSATED:  # nothing before it to undo
+            elapsed = _seconds_since(header.get("t"))
+            signals.send_saga_end(SagaEvent(saga_id, saga_name, saga_status, elapsed, error, index))
         raise
 
+    last = index == header["n"] - 1
     try:
-        recorded = store.complete_step(
-            saga_id, index, token, encoded, last=index == header["n"] - 1
-        )
+        recorded = store.complete_step(saga_id, index, token, encoded, last=last)
     except SagaStoreError as exc:
-        raise _store_retry(task, exc) from exc
+        raise store_retry(task, exc) from exc
     if not recorded:
         logger.warning(
             "saga %s step %d: lost its claim before recording; result dropped", saga_id, index
         )
         raise Ignore()
-    return result
-
-
-def _compensate(self: Task[Any, Any], saga_id: str, index: int, last: bool = False) -> None:
-    """Run the compensation of one succeeded step (the body of ``celery_saga.compensate``)."""
-    app = self.app
-    config = get_config(app)
-    store = get_store(app)
-    token = uuid.uuid4().hex
-    try:
-        claim = store.claim_compensation(saga_id, index, token, config.step_lease)
-    except SagaStoreError as exc:
-        raise _store_retry(self, exc) from exc
-
-    if claim.outcome is ClaimOutcome.BUSY:
-        logger.info("saga %s: compensation of step %d is running elsewhere", saga_id, index)
-        raise Ignore()
-    if claim.outcome is ClaimOutcome.CLAIMED:
-        step = claim.step
-        assert step is not None
-        assert step.compensate is not None
-        try:
-            compensation = app.tasks.get(step.compensate)
-            if compensation is None:
-                raise SagaConfigurationError(
-                    f"compensation task {step.compensate!r} is not registered in this worker"
-                )
-            context = StepContext(
-                saga_id=saga_id,
-                saga_name="",
-                step_index=index,
-                step_name=step.name,
-                attempt=claim.attempt,
-                compensating=True,
-            )
-            with _running(context):
-                compensation(step.result, *(step.args or ()), **(step.kwargs or {}))
-        except Exception as exc:
-            error = describe_error(exc)
-            retries = self.request.retries
-            can_retry = retries < config.compensation_max_retries and not isinstance(
-                exc, SagaConfigurationError
-            )
-            try:
-                store.finish_compensation(saga_id, index, token, error=error, gave_up=not can_retry)
-            except SagaStoreError as store_exc:
-                raise _store_retry(self, store_exc) from exc
-            if can_retry:
-                delay = min(config.compensation_retry_delay * 2.0**retries, 60.0)
-                logger.warning(
-                    "saga %s: compensation of step %d failed (%s); retry in %.1f s",
-                    saga_id,
-                    index,
-                    error["type"],
-                    delay,
-                )
-                raise self.retry(
-                    exc=exc, countdown=delay, max_retries=config.compensation_max_retries
-                ) from exc
-            logger.error(
-                "saga %s: compensation of step %d gave up: %s: %s",
-                saga_id,
-                index,
-                error["type"],
-                error["message"],
-            )
-        else:
-            try:
-                store.finish_compensation(saga_id, index, token)
-            except SagaStoreError as exc:
-                raise _store_retry(self, exc) from exc
+    signals.step_succeeded.send(sender=task.name, event=event(
+        attempt=claim.attempt, duration=time.monotonic() - started))  # fmt: skip
     if last:
-        try:
-            store.finish_saga_compensation(saga_id)
-        except SagaStoreError as exc:
-            raise _store_retry(self, exc) from exc
-
-
-def register_tasks(app: Celery) -> None:
-    """Register celery_saga's internal tasks on the app."""
-    app.task(
-        name=COMPENSATE_TASK,
-        bind=True,
-        acks_late=True,
-        reject_on_worker_lost=True,
-        ignore_result=True,
-        shared=False,
-    )(_compensate)
+        signals.send_saga_end(SagaEvent(saga_id, saga_name, SagaStatus.COMPLETED,
+                                        _seconds_since(header.get("t"))))  # fmt: skip
+    return result

@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from celery import Celery
+from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import JSON, Column, Integer, MetaData, String, Table, insert, select
 
 import celery_saga
@@ -96,11 +97,20 @@ def make_app(broker: str, store_url: str, ledger_url: str, queue: str = "celery"
 
     @saga_step(compensate=undo)
     @app.task(name="shop.act", shared=False)
-    def act(*args: Any, tag: str, fail: bool = False, sleep: float = 0.0, **kwargs: Any) -> Any:
+    def act(
+        *args: Any,
+        tag: str,
+        fail: bool = False,
+        sleep: float = 0.0,
+        soft_timeout: bool = False,
+        **kwargs: Any,
+    ) -> Any:
         """A step: records itself, optionally sleeps and fails, returns its tag and args."""
         ledger.add("do", tag, {"args": list(args)})
         if sleep:
             time.sleep(sleep)
+        if soft_timeout:  # what Celery raises inside a task at its soft time limit
+            raise SoftTimeLimitExceeded()
         if fail:
             raise StepFailure(f"{tag} failed")
         return {"tag": tag, "args": list(args)}
