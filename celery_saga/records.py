@@ -22,7 +22,9 @@ class StepRecord:
     """One step of a saga as stored: what ran, how it went, and how it was undone.
 
     Timestamps are timezone-aware UTC. ``error`` and ``compensation_error`` are
-    ``{"type", "message", "traceback"}`` mappings.
+    ``{"type", "message", "traceback"}`` mappings. What a step has not done yet is
+    empty (zero or None): a step that has not started is only its place in the plan and
+    ``PENDING``.
 
     .. versionadded:: 0.1
     """
@@ -33,17 +35,17 @@ class StepRecord:
     name: str
     compensate: str | None
     status: StepStatus
-    attempts: int
-    args: list[Any] | None
-    kwargs: dict[str, Any] | None
-    result: Any
-    error: dict[str, Any] | None
-    started_at: datetime | None
-    finished_at: datetime | None
-    compensation_attempts: int
-    compensation_error: dict[str, Any] | None
-    compensation_started_at: datetime | None
-    compensation_finished_at: datetime | None
+    attempts: int = 0
+    args: list[Any] | None = None
+    kwargs: dict[str, Any] | None = None
+    result: Any = None
+    error: dict[str, Any] | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    compensation_attempts: int = 0
+    compensation_error: dict[str, Any] | None = None
+    compensation_started_at: datetime | None = None
+    compensation_finished_at: datetime | None = None
 
     @property
     def duration(self) -> float | None:

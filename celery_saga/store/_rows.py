@@ -55,17 +55,6 @@ def pending_step(saga_id: str, step: Mapping[str, Any]) -> StepRecord:
         name=step["task"],
         compensate=step["compensate"],
         status=StepStatus.PENDING,
-        attempts=0,
-        args=None,
-        kwargs=None,
-        result=None,
-        error=None,
-        started_at=None,
-        finished_at=None,
-        compensation_attempts=0,
-        compensation_error=None,
-        compensation_started_at=None,
-        compensation_finished_at=None,
     )
 
 
