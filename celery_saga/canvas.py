@@ -18,11 +18,13 @@ from typing import Any
 from celery import Celery, Signature, chain
 from celery.app import app_or_default
 from celery.canvas import _chain
+from celery.utils.saferepr import saferepr
 from kombu.utils.json import dumps as json_dumps
 
-from . import signals
+from . import _observe, signals
 from ._runtime import get_store
 from .compensation import COMPENSATE_TASK
+from .config import get_config
 from .errors import SagaConfigurationError, SagaConflictError, SagaValidationError
 from .execution import HEADER
 from .result import SagaResult
@@ -231,6 +233,7 @@ def step_signatures(
     names = {s["compensate"] for s in steps if s["compensate"]}
     routes = {name: _compensation_route(app, name) for name in names}
     signatures: list[Signature[Any]] = []
+    redacting = get_config(app).redact is not None
     for step in steps[start:]:
         index = step["index"]
         errback = _errback(app, saga_id, steps, index, routes, plan["name"])
@@ -252,6 +255,13 @@ def step_signatures(
         }
         if errback is not None:
             options["link_error"] = [errback]
+        if redacting:  # what Celery's logs, events and Flower show of the arguments
+            options["argsrepr"] = saferepr(
+                _observe.redact(app, step["task"], "args", tuple(step["args"]))
+            )
+            options["kwargsrepr"] = saferepr(
+                _observe.redact(app, step["task"], "kwargs", dict(step["kwargs"]))
+            )
         signatures.append(
             app.signature(
                 step["task"],
@@ -370,7 +380,8 @@ class Saga:
                 )
             return SagaResult(saga_id, app=app)
         try:
-            publish(app, saga_id, stored, created=now)
+            with _observe.publishing(app, saga_id, plan.name):
+                publish(app, saga_id, stored, created=now)
         except BaseException:
             store.delete_saga(saga_id)  # nothing half-stored: the saga was never sent
             raise

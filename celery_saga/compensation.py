@@ -20,7 +20,7 @@ from celery import Celery, Task
 from celery.exceptions import Ignore
 from celery.utils.log import get_task_logger
 
-from . import signals
+from . import _observe, signals
 from ._errors import describe_error
 from ._runtime import get_store
 from .config import get_config
@@ -66,18 +66,19 @@ def _compensate(
                              step_name=step.name, attempt=claim.attempt,
                              compensate=step.compensate, **fields)  # fmt: skip
 
-        signals.compensation_started.send(sender=sender, event=event())
+        begun = event()
+        signals.compensation_started.send(sender=sender, event=begun)
         started = time.monotonic()
+        context = StepContext(saga_id=saga_id, saga_name=name, step_index=index,
+                              step_name=step.name, attempt=claim.attempt,
+                              compensating=True)  # fmt: skip
         try:
-            compensation = app.tasks.get(step.compensate)
-            if compensation is None:
-                raise SagaConfigurationError(
-                    f"compensation task {step.compensate!r} is not registered in this worker"
-                )
-            context = StepContext(saga_id=saga_id, saga_name=name, step_index=index,
-                                  step_name=step.name, attempt=claim.attempt,
-                                  compensating=True)  # fmt: skip
-            with running(context):
+            with _observe.compensation(app, begun, step), running(context):
+                compensation = app.tasks.get(step.compensate)
+                if compensation is None:
+                    raise SagaConfigurationError(
+                        f"compensation task {step.compensate!r} is not registered in this worker"
+                    )
                 compensation(step.result, *(step.args or ()), **(step.kwargs or {}))
         except Exception as exc:
             error = describe_error(exc)
@@ -99,8 +100,9 @@ def _compensate(
                 raise self.retry(
                     exc=exc, countdown=delay, max_retries=config.compensation_max_retries
                 ) from exc
+            message = _observe.redact(app, sender, "error", error["message"])
             logger.error("saga %s: compensation of step %d gave up: %s: %s",
-                         saga_id, index, error["type"], error["message"])  # fmt: skip
+                         saga_id, index, error["type"], message)  # fmt: skip
         else:
             try:
                 store.finish_compensation(saga_id, index, token)
@@ -117,11 +119,11 @@ def _finish(task: Task[Any, Any], saga_id: str) -> None:
     """End the saga after its last compensation, and say how it ended."""
     store = get_store(task.app)
     try:
-        store.finish_saga_compensation(saga_id)
-        record = store.get_saga(saga_id)
+        ended = store.finish_saga_compensation(saga_id)
+        record = store.get_saga(saga_id) if ended else None
     except SagaStoreError as exc:
         raise store_retry(task, exc) from exc
-    if record is not None and record.status.is_terminal:
+    if record is not None:  # only the delivery that ended it says so
         duration = (utcnow() - record.created_at.replace(tzinfo=None)).total_seconds()
         signals.send_saga_end(SagaEvent(record.id, record.name, record.status, duration,
                                         record.error, record.failed_step))  # fmt: skip

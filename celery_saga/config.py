@@ -12,20 +12,31 @@ setting                           default                           meaning
 ``saga_compensation_retry_delay`` ``1.0``                           first delay, doubling, <= 60 s
 ``saga_store_max_retries``        ``30``                            step retries while store is down
 ``saga_result_poll_interval``     ``0.005``                         first poll of ``SagaResult.get``
+``saga_redact``                   ``None``                          redactor for spans and logs
 ================================= ================================= ================================
+
+``saga_redact`` is a callable ``redact(step, field, value)`` (or its ``"module:name"``):
+``step`` is the step's task name, ``field`` one of ``"args"``, ``"kwargs"``, ``"result"``,
+``"error"`` (the error's message), and what it returns replaces ``value`` wherever
+celery_saga shows it outside the store: span attributes and events, its log lines, and
+the ``argsrepr``/``kwargsrepr`` Celery's monitoring shows. The store keeps the originals.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from celery import Celery
+from celery.utils.imports import symbol_by_name
 
 from .errors import SagaConfigurationError
 
-__all__ = ["DEFAULT_STORE_URL", "SagaConfig", "get_config"]
+__all__ = ["DEFAULT_STORE_URL", "Redactor", "SagaConfig", "get_config"]
+
+#: ``redact(step, field, value) -> value``: see ``saga_redact``.
+Redactor = Callable[[str, str, Any], Any]
 
 DEFAULT_STORE_URL = "sqlite:///celery_saga.sqlite3"
 _CACHE_ATTR = "_celery_saga_config"
@@ -47,6 +58,7 @@ class SagaConfig:
     compensation_retry_delay: float = 1.0
     store_max_retries: int = 30
     result_poll_interval: float = 0.005
+    redact: Redactor | None = None
 
     @classmethod
     def from_conf(cls, conf: Mapping[str, Any]) -> SagaConfig:
@@ -94,7 +106,26 @@ class SagaConfig:
             result_poll_interval=number(
                 "result_poll_interval", defaults.result_poll_interval, minimum=0.001
             ),
+            redact=_redactor(conf.get("saga_redact")),
         )
+
+
+def _redactor(value: Any) -> Redactor | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = symbol_by_name(value)
+        except (ImportError, AttributeError, ValueError) as exc:
+            raise SagaConfigurationError(
+                f"saga_redact: cannot import {value!r} ({exc}); give a callable or 'module:name'"
+            ) from exc
+    if not callable(value):
+        raise SagaConfigurationError(
+            f"saga_redact must be a callable redact(step, field, value), got {value!r}"
+        )
+    redact: Redactor = value
+    return redact
 
 
 def get_config(app: Celery) -> SagaConfig:

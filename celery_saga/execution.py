@@ -21,7 +21,7 @@ from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded
 from celery.utils.log import get_task_logger
 from kombu.utils.json import dumps as json_dumps
 
-from . import signals
+from . import _observe, signals
 from ._errors import describe_error
 from ._runtime import get_store
 from .config import get_config
@@ -173,12 +173,14 @@ def run_step(
         step_name=task.name,
         attempt=claim.attempt,
     )
-    signals.step_started.send(sender=task.name, event=event(attempt=claim.attempt))
+    begun = event(attempt=claim.attempt)
+    signals.step_started.send(sender=task.name, event=begun)
     started = time.monotonic()
     try:
-        with running(context):
+        with _observe.step(task.app, begun, args, kwargs) as scope, running(context):
             result = original(*args, **kwargs)
-        encoded = _encode_result(result, config.max_result_bytes, task.name)
+            scope.set_result(result)
+            encoded = _encode_result(result, config.max_result_bytes, task.name)
     except (Retry, Reject, Ignore) as exc:
         # The message comes back (retry, requeue) or is dropped on purpose: free the claim.
         error = describe_error(exc)

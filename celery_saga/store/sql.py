@@ -424,15 +424,18 @@ class SagaStore:
                 == 1
             )
 
-    def finish_saga_compensation(self, saga_id: str) -> None:
-        """End a compensating saga: ``FAILED`` if a compensation gave up, else ``COMPENSATED``."""
+    def finish_saga_compensation(self, saga_id: str) -> bool:
+        """End a compensating saga: ``FAILED`` if a compensation gave up, else ``COMPENSATED``.
+
+        Returns whether this call ended it (False: it had ended already).
+        """
         now = utcnow()
         gave_up = exists().where(
             saga_steps.c.saga_id == saga_id,
             saga_steps.c.status == StepStatus.COMPENSATION_FAILED,
         )
         with self._write_one("finish the saga") as connection:
-            connection.execute(
+            ended = connection.execute(
                 update(sagas)
                 .where(
                     sagas.c.id == saga_id,
@@ -444,6 +447,7 @@ class SagaStore:
                     updated_at=now,
                 )
             )
+        return ended.rowcount == 1
 
     # -- reading ------------------------------------------------------------------
 

@@ -68,17 +68,22 @@ class Ledger:
         return sum(1 for e in self.entries(saga_id, action) if e.tag == tag)
 
 
-def make_app(broker: str, store_url: str, ledger_url: str, queue: str = "celery") -> Celery:
-    """A saga-ready app with the test steps registered under ``shop.*``."""
+def make_app(
+    broker: str, store_url: str, ledger_url: str, queue: str = "celery", **conf: Any
+) -> Celery:
+    """A saga-ready app with the test steps registered under ``shop.*``; ``conf`` adds settings."""
     app = Celery("shop", broker=broker, set_as_current=False)
     app.conf.update(
-        saga_store_url=store_url,
-        saga_compensation_max_retries=2,
-        saga_compensation_retry_delay=0.05,
-        task_default_queue=queue,
-        broker_connection_retry_on_startup=True,
-        worker_hijack_root_logger=False,
-        worker_prefetch_multiplier=1,
+        {
+            "saga_store_url": store_url,
+            "saga_compensation_max_retries": 2,
+            "saga_compensation_retry_delay": 0.05,
+            "task_default_queue": queue,
+            "broker_connection_retry_on_startup": True,
+            "worker_hijack_root_logger": False,
+            "worker_prefetch_multiplier": 1,
+            **conf,
+        }
     )
     if broker.startswith(("memory://", "filesystem://")):
         app.conf.broker_transport_options = {"polling_interval": 0.01}

@@ -41,11 +41,11 @@ class SagaEnv:
 
 
 @contextmanager
-def thread_env(name: str, store_url: str, ledger_url: str) -> Iterator[SagaEnv]:
+def thread_env(name: str, store_url: str, ledger_url: str, **conf: Any) -> Iterator[SagaEnv]:
     """``memory://`` broker and a real Celery worker in a thread (threads pool, 4 wide)."""
     import celery.contrib.testing.tasks  # noqa: F401  (start_worker wants celery.ping)
 
-    app = make_app("memory://", store_url, ledger_url)
+    app = make_app("memory://", store_url, ledger_url, **conf)
     with start_worker(
         app, pool="threads", concurrency=4, perform_ping_check=False, loglevel="WARNING"
     ):

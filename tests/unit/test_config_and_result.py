@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from celery import Celery
 from celery.exceptions import TimeoutError as CeleryTimeoutError
@@ -31,12 +33,20 @@ def test_settings_are_read_once(app: Celery) -> None:
         ("saga_store_url", 5, "SQLAlchemy URL"),
         ("saga_store_engine_options", [1], "must be a mapping"),
         ("saga_max_result_bytes", True, "must be a number"),
+        ("saga_redact", "no_such_module:redact", "saga_redact: cannot import"),
+        ("saga_redact", 42, "must be a callable redact"),
     ],
 )
 def test_bad_settings_are_refused(key: str, value: object, message: str) -> None:
     """A mistyped saga_* setting fails with the setting's name."""
     with pytest.raises(SagaConfigurationError, match=message):
         SagaConfig.from_conf({key: value})
+
+
+def test_redactor_by_name() -> None:
+    """saga_redact given as "module:name" resolves to that callable."""
+    config = SagaConfig.from_conf({"saga_redact": "json:dumps"})
+    assert config.redact is json.dumps
 
 
 def test_unknown_saga_is_pending(app: Celery) -> None:

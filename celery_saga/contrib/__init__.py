@@ -1,0 +1,1 @@
+"""Integrations with other libraries, each importable only where that library is installed."""
