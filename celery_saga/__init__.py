@@ -30,6 +30,7 @@ from .errors import (
 )
 from .execution import StepContext, current_step
 from .records import SagaRecord, StepRecord
+from .recovery import Recovery, recover
 from .result import SagaResult
 from .status import SagaStatus, StepStatus
 from .step import saga_step
@@ -37,6 +38,7 @@ from .step import saga_step
 __version__ = "0.1.0"
 
 __all__ = [
+    "Recovery",
     "Saga",
     "SagaCompensated",
     "SagaConfig",
@@ -56,6 +58,7 @@ __all__ = [
     "StepStatus",
     "current_step",
     "install",
+    "recover",
     "saga",
     "saga_step",
 ]

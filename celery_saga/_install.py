@@ -7,6 +7,7 @@ from typing import Any
 from celery import Celery
 
 from .compensation import register_tasks
+from .recovery import register_recovery_task
 from .step import bind_steps
 
 __all__ = ["install"]
@@ -31,6 +32,7 @@ def install(app: Celery) -> Celery:
         return app
     setattr(app, _INSTALLED_ATTR, True)
     register_tasks(app)
+    register_recovery_task(app)
     app.on_after_finalize.connect(_on_after_finalize, sender=app, weak=False)
     if getattr(app, "finalized", False):
         bind_steps(app)

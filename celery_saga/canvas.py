@@ -191,28 +191,36 @@ def _compensation_route(app: Celery, compensate: str) -> dict[str, Any]:
     return {"queue": queue} if isinstance(queue, str) and queue else {}
 
 
-def _errback(
+def compensation_chain(
     app: Celery,
     saga_id: str,
-    steps: Sequence[Mapping[str, Any]],
-    failing: int,
-    routes: Mapping[str, Mapping[str, Any]],
-    name: str,
+    plan: Mapping[str, Any],
+    undo: Sequence[int],
+    routes: dict[str, dict[str, Any]] | None = None,
 ) -> Signature[Any] | None:
-    """The compensations of the steps before ``failing``, newest first, as one chain."""
-    undo = [s for s in reversed(steps[:failing]) if s["compensate"]]
-    if not undo:
-        return None
-    signatures = [
-        app.signature(
-            COMPENSATE_TASK,
-            args=(saga_id, s["index"]),
-            kwargs={"last": position == len(undo) - 1, "name": name},
-            immutable=True,
-            **routes[s["compensate"]],
+    """The ``celery_saga.compensate`` messages of the given steps, in the order given.
+
+    The last one carries ``last=True``: it ends the saga. ``routes`` caches each
+    compensation's queue across calls.
+    """
+    steps: Sequence[Mapping[str, Any]] = plan["steps"]
+    routes = {} if routes is None else routes
+    signatures = []
+    for position, index in enumerate(undo):
+        compensate = steps[index]["compensate"]
+        if compensate not in routes:
+            routes[compensate] = _compensation_route(app, compensate)
+        signatures.append(
+            app.signature(
+                COMPENSATE_TASK,
+                args=(saga_id, index),
+                kwargs={"last": position == len(undo) - 1, "name": plan["name"]},
+                immutable=True,
+                **routes[compensate],
+            )
         )
-        for position, s in enumerate(undo)
-    ]
+    if not signatures:
+        return None
     return signatures[0] if len(signatures) == 1 else chain(*signatures, app=app)
 
 
@@ -222,21 +230,24 @@ def step_signatures(
     plan: Mapping[str, Any],
     start: int = 0,
     created: datetime | None = None,
+    previous: Sequence[Any] = (),
 ) -> list[Signature[Any]]:
     """The messages of a stored plan's steps from ``start`` on, each with its errbacks.
 
     ``created`` (naive UTC, when the saga was stored) lets workers report durations.
+    ``previous`` is ``(result,)`` of the step before ``start``: what a mutable first
+    step gets as its first argument, as Celery's chain would have passed it.
     """
     started = None if created is None else created.replace(tzinfo=UTC).timestamp()
     steps: list[Mapping[str, Any]] = plan["steps"]
     count = len(steps)
-    names = {s["compensate"] for s in steps if s["compensate"]}
-    routes = {name: _compensation_route(app, name) for name in names}
+    routes: dict[str, dict[str, Any]] = {}
     signatures: list[Signature[Any]] = []
     redacting = get_config(app).redact is not None
     for step in steps[start:]:
         index = step["index"]
-        errback = _errback(app, saga_id, steps, index, routes, plan["name"])
+        undo = [s["index"] for s in reversed(steps[:index]) if s["compensate"]]
+        errback = compensation_chain(app, saga_id, plan, undo, routes)
         options = dict(step["options"])
         options["task_id"] = step_task_id(saga_id, index)
         # The saga store keeps the step's result: no copy in Celery's result backend.
@@ -262,10 +273,13 @@ def step_signatures(
             options["kwargsrepr"] = saferepr(
                 _observe.redact(app, step["task"], "kwargs", dict(step["kwargs"]))
             )
+        args = tuple(step["args"])
+        if index == start and not step["immutable"]:
+            args = (*previous, *args)
         signatures.append(
             app.signature(
                 step["task"],
-                args=tuple(step["args"]),
+                args=args,
                 kwargs=dict(step["kwargs"]),
                 options=options,
                 immutable=step["immutable"],
@@ -292,6 +306,7 @@ def publish(
     plan: Mapping[str, Any],
     start: int = 0,
     created: datetime | None = None,
+    previous: Sequence[Any] = (),
 ) -> None:
     """Send a stored plan's steps from ``start`` on, as one Celery chain.
 
@@ -299,7 +314,7 @@ def publish(
     the rest in its ``chain`` field), without the chain's pass that clones and freezes
     every signature: these were all made just now, with their task ids set.
     """
-    first, *rest = step_signatures(app, saga_id, plan, start, created)
+    first, *rest = step_signatures(app, saga_id, plan, start, created, previous)
     first.apply_async(chain=rest[::-1] or None)
 
 

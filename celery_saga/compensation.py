@@ -29,7 +29,7 @@ from .execution import StepContext, running, store_retry
 from .signals import SagaEvent, StepEvent
 from .store import ClaimOutcome, utcnow
 
-__all__ = ["COMPENSATE_TASK", "register_tasks"]
+__all__ = ["COMPENSATE_TASK", "end_compensated_saga", "register_tasks"]
 
 logger = get_task_logger(__name__)
 
@@ -117,16 +117,26 @@ def _compensate(
 
 def _finish(task: Task[Any, Any], saga_id: str) -> None:
     """End the saga after its last compensation, and say how it ended."""
-    store = get_store(task.app)
     try:
-        ended = store.finish_saga_compensation(saga_id)
-        record = store.get_saga(saga_id) if ended else None
+        end_compensated_saga(task.app, saga_id)
     except SagaStoreError as exc:
         raise store_retry(task, exc) from exc
-    if record is not None:  # only the delivery that ended it says so
+
+
+def end_compensated_saga(app: Celery, saga_id: str) -> bool:
+    """End a saga whose compensations are over (``COMPENSATED`` or ``FAILED``).
+
+    Sends the end signal when this call ended it; returns whether it did.
+    """
+    store = get_store(app)
+    if not store.finish_saga_compensation(saga_id):
+        return False  # only the caller that ended it says so
+    record = store.get_saga(saga_id)
+    if record is not None:
         duration = (utcnow() - record.created_at.replace(tzinfo=None)).total_seconds()
         signals.send_saga_end(SagaEvent(record.id, record.name, record.status, duration,
                                         record.error, record.failed_step))  # fmt: skip
+    return True
 
 
 def register_tasks(app: Celery) -> None:

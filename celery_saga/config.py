@@ -13,6 +13,8 @@ setting                           default                           meaning
 ``saga_store_max_retries``        ``30``                            step retries while store is down
 ``saga_result_poll_interval``     ``0.005``                         first poll of ``SagaResult.get``
 ``saga_redact``                   ``None``                          redactor for spans and logs
+``saga_recovery_stall``           ``300``                           quiet seconds before recovery
+``saga_recovery_batch``           ``500``                           sagas looked at per sweep
 ================================= ================================= ================================
 
 ``saga_redact`` is a callable ``redact(step, field, value)`` (or its ``"module:name"``):
@@ -59,6 +61,8 @@ class SagaConfig:
     store_max_retries: int = 30
     result_poll_interval: float = 0.005
     redact: Redactor | None = None
+    recovery_stall: float = 300.0
+    recovery_batch: int = 500
 
     @classmethod
     def from_conf(cls, conf: Mapping[str, Any]) -> SagaConfig:
@@ -107,6 +111,8 @@ class SagaConfig:
                 "result_poll_interval", defaults.result_poll_interval, minimum=0.001
             ),
             redact=_redactor(conf.get("saga_redact")),
+            recovery_stall=number("recovery_stall", defaults.recovery_stall, minimum=0.0),
+            recovery_batch=int(number("recovery_batch", defaults.recovery_batch, minimum=1.0)),
         )
 
 

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from celery import Task
@@ -113,6 +114,16 @@ def _encode_result(result: Any, limit: int, step_name: str) -> EncodedJSON:
     return EncodedJSON(encoded)
 
 
+def _due(exc: Exception) -> datetime | None:
+    """When a Retry's next attempt is due (None: now, or not a retry)."""
+    when = getattr(exc, "when", None) if isinstance(exc, Retry) else None
+    if isinstance(when, datetime):
+        return when if when.tzinfo else when.replace(tzinfo=UTC)
+    if isinstance(when, int | float) and not isinstance(when, bool):
+        return datetime.now(UTC) + timedelta(seconds=when)
+    return None
+
+
 def _seconds_since(epoch: float | None) -> float | None:
     return None if epoch is None else max(time.time() - epoch, 0.0)
 
@@ -185,7 +196,7 @@ def run_step(
         # The message comes back (retry, requeue) or is dropped on purpose: free the claim.
         error = describe_error(exc)
         try:
-            store.release_step(saga_id, index, token, error)
+            store.release_step(saga_id, index, token, error, _due(exc))
         except SagaStoreError:
             logger.exception("saga %s step %d: could not release the claim", saga_id, index)
         if isinstance(exc, Retry):

@@ -22,7 +22,9 @@ class StepRecord:
     """One step of a saga as stored: what ran, how it went, and how it was undone.
 
     Timestamps are timezone-aware UTC. ``error`` and ``compensation_error`` are
-    ``{"type", "message", "traceback"}`` mappings. What a step has not done yet is
+    ``{"type", "message", "traceback"}`` mappings. ``lease_expires_at`` is when the
+    owner of a running step or compensation loses it unless it finishes first (for a
+    step given back to retry: when the retry is due). What a step has not done yet is
     empty (zero or None): a step that has not started is only its place in the plan and
     ``PENDING``.
 
@@ -46,6 +48,7 @@ class StepRecord:
     compensation_error: dict[str, Any] | None = None
     compensation_started_at: datetime | None = None
     compensation_finished_at: datetime | None = None
+    lease_expires_at: datetime | None = None
 
     @property
     def duration(self) -> float | None:

@@ -110,7 +110,8 @@ RELEASE_STEP = (
     .values(
         status=StepStatus.PENDING,
         error=bindparam("p_error", type_=_c.error.type),
-        lease_expires_at=None,
+        # when its retry is due: the recovery sweep leaves it alone until then
+        lease_expires_at=bindparam("p_retry_at", type_=_c.lease_expires_at.type),
     )
 )
 COMPLETE_SAGA = (

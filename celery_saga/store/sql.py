@@ -26,7 +26,7 @@ import enum
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, case, delete, exists, func, or_, select, update
@@ -320,10 +320,18 @@ class SagaStore:
         return True
 
     def release_step(
-        self, saga_id: str, index: int, token: str, error: Mapping[str, Any] | None
+        self,
+        saga_id: str,
+        index: int,
+        token: str,
+        error: Mapping[str, Any] | None,
+        retry_at: datetime | None = None,
     ) -> None:
-        """Give a claimed step back (it will be retried or redelivered)."""
-        params = {"p_saga": saga_id, "p_index": index, "p_token": token, "p_error": error}
+        """Give a claimed step back (it will be retried, due at ``retry_at``, or redelivered)."""
+        params = {
+            "p_saga": saga_id, "p_index": index, "p_token": token, "p_error": error,
+            "p_retry_at": None if retry_at is None else retry_at.replace(tzinfo=None),
+        }  # fmt: skip
         with self._write_one("release the step") as connection:
             connection.execute(RELEASE_STEP, params)
 
@@ -456,6 +464,20 @@ class SagaStore:
         with self._read("read the saga") as connection:
             row = connection.execute(select(sagas).where(sagas.c.id == saga_id)).first()
         return None if row is None else saga_record(row)
+
+    def unfinished_sagas(self, created_before: datetime, limit: int) -> list[SagaRecord]:
+        """Sagas still running or compensating, stored before ``created_before``, oldest first."""
+        query = (
+            select(sagas)
+            .where(
+                sagas.c.status.in_([SagaStatus.RUNNING, SagaStatus.COMPENSATING]),
+                sagas.c.created_at < created_before.replace(tzinfo=None),
+            )
+            .order_by(sagas.c.created_at)
+            .limit(limit)
+        )
+        with self._read("find unfinished sagas") as connection:
+            return [saga_record(row) for row in connection.execute(query)]
 
     def get_status(self, saga_id: str) -> SagaStatus | None:
         """Only the saga's status (what ``SagaResult.get`` polls)."""

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,11 +65,22 @@ def _wait_ready(log: Path, process: subprocess.Popen[bytes], timeout: float = 60
 
 @contextmanager
 def worker_process(
-    broker: str, store_url: str, ledger_url: str, queue: str, log: Path, concurrency: int = 2
+    broker: str,
+    store_url: str,
+    ledger_url: str,
+    queue: str,
+    log: Path,
+    concurrency: int = 2,
+    extra_env: Mapping[str, str] | None = None,
+    launcher: Sequence[str] = (),
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """``celery worker`` in a process of its own (prefork), on the given broker."""
+    """``celery worker`` in a process of its own (prefork), on the given broker.
+
+    ``launcher`` goes before the command (``opentelemetry-instrument``, say).
+    """
     env = {
         **os.environ,
+        **(extra_env or {}),
         "SAGA_TEST_BROKER": broker,
         "SAGA_TEST_STORE": store_url,
         "SAGA_TEST_LEDGER": ledger_url,
@@ -77,7 +88,7 @@ def worker_process(
         "PYTHONPATH": str(ROOT),
     }
     command = [
-        sys.executable, "-m", "celery", "-A", "tests.support.worker_app", "worker",
+        *launcher, sys.executable, "-m", "celery", "-A", "tests.support.worker_app", "worker",
         "-P", "prefork", "-c", str(concurrency), "-Q", queue, "-l", "INFO",
         "-n", f"{queue}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat",
     ]  # fmt: skip

@@ -7,6 +7,7 @@ from importlib import resources
 import celery_saga
 
 EXPECTED = [
+    "Recovery",
     "Saga",
     "SagaCompensated",
     "SagaConfig",
@@ -26,6 +27,7 @@ EXPECTED = [
     "StepStatus",
     "current_step",
     "install",
+    "recover",
     "saga",
     "saga_step",
 ]

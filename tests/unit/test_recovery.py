@@ -1,0 +1,184 @@
+"""The recovery sweep drives on, from the store, sagas whose messages were lost."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from celery_saga import SagaCompensated, SagaResult, SagaStatus, StepStatus, recover
+from celery_saga import canvas as canvas_module
+from celery_saga import recovery as recovery_module
+from celery_saga._runtime import get_store
+from celery_saga.config import get_config
+from celery_saga.recovery import RECOVER_TASK, decide
+from celery_saga.store import EncodedJSON
+from tests.scenarios import new_id
+from tests.support.envs import SagaEnv, thread_env
+
+TIMEOUT = 30
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SagaEnv]:
+    folder: Path = tmp_path_factory.mktemp("recovery")
+    url = f"sqlite:///{folder / 'store.sqlite3'}"
+    with thread_env("recovery", url, url) as env:
+        yield env
+
+
+@pytest.fixture
+def lose_messages(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], None]:
+    """Make Saga.apply_async send nothing ("none") or only its first step ("first")."""
+
+    def lose(what: str) -> None:
+        def publish(app: Any, saga_id: str, plan: Any, start: int = 0, **kw: Any) -> None:
+            if what == "first":  # the first step's message, without the rest of the chain
+                canvas_module.step_signatures(app, saga_id, plan, start, **kw)[0].apply_async()
+
+        monkeypatch.setattr(canvas_module, "publish", publish)
+
+    return lose
+
+
+def _wait_for(result: SagaResult, index: int, status: StepStatus) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while result.steps[index].status is not status:
+        assert time.monotonic() < deadline, result.steps
+        time.sleep(0.02)
+
+
+def _claim(env: SagaEnv, saga_id: str, index: int, lease: float, tag: str) -> str:
+    token = uuid.uuid4().hex
+    claim = get_store(env.app).claim_step(
+        saga_id, index, token, (), {"tag": tag}, lease,
+        stage=index, task="shop.act", compensate="shop.undo",
+    )  # fmt: skip
+    assert claim.attempt == 1
+    return token
+
+
+def test_lost_next_step_is_sent_with_previous_result(
+    env: SagaEnv, lose_messages: Callable[[str], None]
+) -> None:
+    """A saga whose chain was cut after its first step is completed, the result fed on."""
+    lose_messages("first")
+    result = env.saga(
+        env.sig("act", "o-1", tag="a"), env.sig("act", tag="b"), env.sig("act", tag="c")
+    ).apply_async(saga_id=new_id())
+    _wait_for(result, 0, StepStatus.SUCCEEDED)
+    assert recover(env.app, result.id, stalled_after=3600)[0].action == "none"  # not stalled yet
+    (plan,) = recover(env.app, result.id, stalled_after=0)
+    assert (plan.action, plan.steps) == ("forward", (1, 2))
+    value = result.get(timeout=TIMEOUT)
+    assert value["args"][0]["args"][0] == {"tag": "a", "args": ["o-1"]}
+    assert [e.tag for e in env.ledger.entries(result.id, "do")] == ["a", "b", "c"]
+
+
+def test_saga_never_sent_is_started(env: SagaEnv, lose_messages: Callable[[str], None]) -> None:
+    """A saga stored but never sent (the producer died) is started by the sweep."""
+    lose_messages("none")
+    result = env.saga(env.sig("act", 1, tag="a")).apply_async(saga_id=new_id())
+    time.sleep(0.05)
+    assert result.status is SagaStatus.RUNNING
+    plans = recover(env.app, stalled_after=0)
+    assert any(p.saga_id == result.id and p.action == "forward" for p in plans)
+    assert result.get(timeout=TIMEOUT) == {"tag": "a", "args": [1]}
+
+
+def test_expired_lease_step_runs_again(env: SagaEnv, lose_messages: Callable[[str], None]) -> None:
+    """A step whose worker died (claimed, lease ran out) is sent again at once and completes."""
+    lose_messages("none")
+    result = env.saga(env.sig("act", tag="a", immutable=True)).apply_async(saga_id=new_id())
+    _claim(env, result.id, 0, lease=60, tag="a")
+    (alive,) = recover(env.app, result.id, stalled_after=0)
+    assert (alive.action, alive.reason) == ("none", "step 0 is running")
+
+    other = env.saga(env.sig("act", tag="b", immutable=True)).apply_async(saga_id=new_id())
+    _claim(env, other.id, 0, lease=0.01, tag="b")  # the "dead worker" held it briefly
+    time.sleep(0.05)
+    (plan,) = recover(env.app, other.id, stalled_after=3600)
+    assert (plan.action, plan.reason) == ("forward", "the lease of step 0 ran out")
+    assert other.get(timeout=TIMEOUT)["tag"] == "b"
+    assert other.steps[0].attempts == 2
+
+
+def test_lost_compensations_are_sent_and_end_the_saga(
+    env: SagaEnv, lose_messages: Callable[[str], None]
+) -> None:
+    """A compensating saga whose compensation messages are gone gets them sent, newest first."""
+    lose_messages("none")
+    result = env.saga(
+        env.sig("act", tag="a"), env.sig("act", tag="b"), env.sig("act", tag="c")
+    ).apply_async(saga_id=new_id())
+    store = get_store(env.app)
+    for index, tag in enumerate("ab"):
+        token = _claim(env, result.id, index, lease=60, tag=tag)
+        assert store.complete_step(result.id, index, token, EncodedJSON(f'"{tag}"'), last=False)
+    token = _claim(env, result.id, 2, lease=60, tag="c")
+    error = {"type": "StepFailure", "message": "c failed", "traceback": ""}
+    assert store.fail_step(result.id, 2, token, error, saga_status=SagaStatus.COMPENSATING)
+    (plan,) = recover(env.app, result.id, stalled_after=0)
+    assert (plan.action, plan.steps) == ("compensate", (1, 0))
+    with pytest.raises(SagaCompensated):
+        result.get(timeout=TIMEOUT)
+    assert [e.tag for e in env.ledger.entries(result.id, "undo")] == ["b", "a"]
+    (after,) = recover(env.app, result.id, stalled_after=0)
+    assert after.action == "none"
+
+
+def test_compensated_but_unfinished_saga_is_ended(
+    env: SagaEnv, lose_messages: Callable[[str], None]
+) -> None:
+    """A saga whose compensations all ran but that was never ended is ended by the sweep."""
+    lose_messages("none")
+    result = env.saga(env.sig("act", tag="a"), env.sig("act", tag="b")).apply_async(new_id())
+    store = get_store(env.app)
+    token = _claim(env, result.id, 0, lease=60, tag="a")
+    store.complete_step(result.id, 0, token, EncodedJSON('"a"'), last=False)
+    token = _claim(env, result.id, 1, lease=60, tag="b")
+    error = {"type": "StepFailure", "message": "b failed", "traceback": ""}
+    store.fail_step(result.id, 1, token, error, saga_status=SagaStatus.COMPENSATING)
+    undo = uuid.uuid4().hex
+    store.claim_compensation(result.id, 0, undo, 60)
+    store.finish_compensation(result.id, 0, undo)
+    (plan,) = recover(env.app, result.id, stalled_after=0, dry_run=True)
+    assert plan.action == "finish"
+    assert result.status is SagaStatus.COMPENSATING  # dry run: nothing done
+    recover(env.app, result.id, stalled_after=0)
+    assert result.status is SagaStatus.COMPENSATED
+
+
+def test_retry_due_later_is_left_alone(env: SagaEnv, lose_messages: Callable[[str], None]) -> None:
+    """A step given back for a retry due in an hour is not stalled until then."""
+    lose_messages("none")
+    result = env.saga(env.sig("act", tag="a")).apply_async(saga_id=new_id())
+    store = get_store(env.app)
+    token = _claim(env, result.id, 0, lease=60, tag="a")
+    due = datetime.now(UTC) + timedelta(hours=1)
+    store.release_step(result.id, 0, token, None, retry_at=due)
+    saga, steps = store.get_saga(result.id), store.get_steps(result.id)
+    assert saga is not None
+    assert steps[0].lease_expires_at == due
+    assert decide(saga, steps, datetime.now(UTC), stall=60).action == "none"
+    later = due + timedelta(seconds=61)
+    assert decide(saga, steps, later, stall=60).action == "forward"
+
+
+def test_recover_task_runs_a_sweep(
+    env: SagaEnv, lose_messages: Callable[[str], None], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """celery_saga.recover, registered by install, sweeps with the app's settings."""
+    lose_messages("none")
+    result = env.saga(env.sig("act", 7, tag="a")).apply_async(saga_id=new_id())
+    config = dataclasses.replace(get_config(env.app), recovery_stall=0.0)
+    monkeypatch.setattr(recovery_module, "get_config", lambda app: config)
+    counts = env.app.tasks[RECOVER_TASK].apply().get()
+    assert counts["forward"] >= 1
+    assert result.get(timeout=TIMEOUT) == {"tag": "a", "args": [7]}
