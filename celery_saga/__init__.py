@@ -32,6 +32,7 @@ from .execution import StepContext, current_step
 from .records import SagaRecord, StepRecord
 from .recovery import Recovery, recover
 from .result import SagaResult
+from .retry import RetryPolicy
 from .status import SagaStatus, StepStatus
 from .step import saga_step
 
@@ -39,6 +40,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Recovery",
+    "RetryPolicy",
     "Saga",
     "SagaCompensated",
     "SagaConfig",

@@ -125,6 +125,11 @@ def _check_serializer(app: Celery, name: str, options: Mapping[str, Any]) -> Non
         )
 
 
+def _hard_limit_grace(timeout: float) -> float:
+    """How long after the soft time limit the hard one kills the process."""
+    return max(2.0, timeout * 0.1)
+
+
 def build_plan(app: Celery, signatures: Sequence[Any], name: str) -> SagaPlan:
     """Check the steps and describe them as a plan; raise before anything is stored."""
     if not isinstance(name, str) or not name or len(name) > NAME_LENGTH:
@@ -158,6 +163,11 @@ def build_plan(app: Celery, signatures: Sequence[Any], name: str) -> SagaPlan:
                     f"saga's result or signals for what follows"
                 )
         _check_serializer(app, task_name, options)
+        if definition.timeout is not None:
+            options.setdefault("soft_time_limit", definition.timeout)
+            options.setdefault(
+                "time_limit", definition.timeout + _hard_limit_grace(definition.timeout)
+            )
         args = list(sig.args)
         kwargs = dict(sig.kwargs)
         if _json_error([args, kwargs, options]) is not None:  # find which one, to say so
@@ -166,18 +176,19 @@ def build_plan(app: Celery, signatures: Sequence[Any], name: str) -> SagaPlan:
             for key, value in kwargs.items():
                 _check_json(value, f"keyword argument {key!r}", task_name)
             _check_json(options, "the options", task_name)
-        steps.append(
-            {
-                "index": index,
-                "stage": index,
-                "task": task_name,
-                "args": args,
-                "kwargs": kwargs,
-                "options": options,
-                "immutable": bool(sig.immutable),
-                "compensate": compensate,
-            }
-        )
+        step = {
+            "index": index,
+            "stage": index,
+            "task": task_name,
+            "args": args,
+            "kwargs": kwargs,
+            "options": options,
+            "immutable": bool(sig.immutable),
+            "compensate": compensate,
+        }
+        if definition.compensate_on_timeout:  # only when set: older plans keep their hash
+            step["undo_timeout"] = True
+        steps.append(step)
     return SagaPlan(name=name, steps=tuple(steps))
 
 
@@ -247,6 +258,8 @@ def step_signatures(
     for step in steps[start:]:
         index = step["index"]
         undo = [s["index"] for s in reversed(steps[:index]) if s["compensate"]]
+        if step.get("undo_timeout"):  # in doubt if it times out: undo it first then
+            undo.insert(0, index)
         errback = compensation_chain(app, saga_id, plan, undo, routes)
         options = dict(step["options"])
         options["task_id"] = step_task_id(saga_id, index)

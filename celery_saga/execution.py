@@ -28,7 +28,7 @@ from ._runtime import get_store
 from .config import get_config
 from .errors import SagaStoreError, SagaValidationError
 from .signals import SagaEvent, StepEvent
-from .status import SagaStatus
+from .status import SagaStatus, StepStatus
 from .step import StepDefinition
 from .store import ClaimOutcome, EncodedJSON
 
@@ -148,8 +148,9 @@ def run_step(
     store = get_store(task.app)
     token = uuid.uuid4().hex
     lease = config.step_lease
-    if task.time_limit:
-        lease = max(lease, float(task.time_limit) + 30.0)
+    hard_limit = (getattr(request, "timelimit", None) or (None, None))[0] or task.time_limit
+    if hard_limit:
+        lease = max(lease, float(hard_limit) + 30.0)
     try:
         claim = store.claim_step(
             saga_id,
@@ -206,9 +207,30 @@ def run_step(
         raise
     except Exception as exc:
         error = describe_error(exc)
+        policy = definition.retry
+        if policy is not None:
+            error["retryable"] = policy.retryable(exc)
+            error["attempt"] = claim.attempt
+            if error["retryable"] and claim.attempt < policy.attempts:
+                delay = policy.delay(claim.attempt)
+                due = datetime.now(UTC) + timedelta(seconds=delay)
+                try:
+                    store.release_step(saga_id, index, token, error, due)
+                except SagaStoreError as store_exc:
+                    raise store_retry(task, store_exc) from exc
+                signals.step_retried.send(sender=task.name, event=event(
+                    attempt=claim.attempt, duration=time.monotonic() - started, error=error,
+                    reason="retry"))  # fmt: skip
+                logger.info("saga %s step %d attempt %d failed (%s); retry in %.2f s",
+                            saga_id, index, claim.attempt, error["type"], delay)  # fmt: skip
+                raise task.retry(exc=exc, countdown=delay, max_retries=policy.attempts) from exc
         saga_status = SagaStatus.COMPENSATING if header.get("c") else SagaStatus.COMPENSATED
+        timed_out = isinstance(exc, SoftTimeLimitExceeded)
+        in_doubt = timed_out and definition.compensate_on_timeout
+        step_status = StepStatus.TIMED_OUT if in_doubt else StepStatus.FAILED
         try:
-            recorded = store.fail_step(saga_id, index, token, error, saga_status=saga_status)
+            recorded = store.fail_step(saga_id, index, token, error, saga_status=saga_status,
+                                       step_status=step_status)  # fmt: skip
         except SagaStoreError as store_exc:
             raise store_retry(task, store_exc) from exc
         if not recorded:
@@ -216,7 +238,6 @@ def run_step(
                 "saga %s step %d: lost its claim; not compensating from here", saga_id, index
             )
             raise Ignore() from exc
-        timed_out = isinstance(exc, SoftTimeLimitExceeded)
         failed = event(
             attempt=claim.attempt,
             duration=time.monotonic() - started,

@@ -77,6 +77,9 @@ def _last_activity(saga: SagaRecord, steps: Sequence[StepRecord]) -> datetime:
     return max(moments)
 
 
+_TO_UNDO = (StepStatus.SUCCEEDED, StepStatus.TIMED_OUT, StepStatus.COMPENSATING)
+
+
 def _alive(step: StepRecord, now: datetime) -> bool:
     return step.lease_expires_at is not None and step.lease_expires_at > now
 
@@ -107,11 +110,7 @@ def decide(saga: SagaRecord, steps: Sequence[StepRecord], now: datetime, stall: 
             return outcome("none", (), "a compensation is running")
         if not quiet:
             return outcome("none", (), "progress within saga_recovery_stall")
-        undo = [
-            s.index
-            for s in reversed(steps)
-            if s.compensate and s.status in (StepStatus.SUCCEEDED, StepStatus.COMPENSATING)
-        ]
+        undo = [s.index for s in reversed(steps) if s.compensate and s.status in _TO_UNDO]
         if not undo:
             return outcome("finish", (), "every compensation is done")
         return outcome("compensate", undo, "no progress in compensating")

@@ -37,7 +37,9 @@ class StepStatus(StrEnum):
 
     A step that never started (because an earlier one failed) stays ``PENDING``.
     A succeeded step that has been undone is ``COMPENSATED``; one whose compensation
-    gave up is ``COMPENSATION_FAILED`` (the saga is then ``FAILED``).
+    gave up is ``COMPENSATION_FAILED`` (the saga is then ``FAILED``). A step of
+    ``@saga_step(compensate_on_timeout=True)`` that hit its time limit is ``TIMED_OUT``:
+    in doubt, so it is compensated like a succeeded one.
 
     .. versionadded:: 0.1
     """
@@ -46,6 +48,7 @@ class StepStatus(StrEnum):
     RUNNING = "RUNNING"
     SUCCEEDED = "SUCCEEDED"
     FAILED = "FAILED"
+    TIMED_OUT = "TIMED_OUT"
     COMPENSATING = "COMPENSATING"
     COMPENSATED = "COMPENSATED"
     COMPENSATION_FAILED = "COMPENSATION_FAILED"

@@ -14,12 +14,14 @@ Tasks made by ``@app.task`` are bound at once (or when Celery evaluates the lazy
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar, overload
 
 from celery import Celery, Task
 from celery.local import PromiseProxy, Proxy
+
+from .retry import RetryPolicy
 
 __all__ = ["StepDefinition", "bind_steps", "saga_step", "step_definition", "task_name"]
 
@@ -56,6 +58,9 @@ class StepDefinition:
     """
 
     compensate: object | None = None
+    retry: RetryPolicy | None = None
+    timeout: float | None = None
+    compensate_on_timeout: bool = False
 
     @property
     def compensation_name(self) -> str | None:
@@ -162,10 +167,24 @@ def saga_step(task: TaskT, /) -> TaskT: ...
 
 
 @overload
-def saga_step(*, compensate: object | None = None) -> Callable[[TaskT], TaskT]: ...
+def saga_step(
+    *,
+    compensate: object | None = None,
+    retry: RetryPolicy | int | Mapping[str, Any] | None = None,
+    timeout: float | None = None,
+    compensate_on_timeout: bool = False,
+) -> Callable[[TaskT], TaskT]: ...
 
 
-def saga_step(task: Any = None, /, *, compensate: object | None = None) -> Any:
+def saga_step(
+    task: Any = None,
+    /,
+    *,
+    compensate: object | None = None,
+    retry: RetryPolicy | int | Mapping[str, Any] | None = None,
+    timeout: float | None = None,
+    compensate_on_timeout: bool = False,
+) -> Any:
     """Mark a Celery task as a saga step.
 
     Stack it on top of ``@app.task`` or ``@shared_task``::
@@ -180,11 +199,31 @@ def saga_step(task: Any = None, /, *, compensate: object | None = None) -> Any:
             called as ``compensate(result, *args, **kwargs)`` with the step's stored
             result and the arguments the step ran with. A step without one is taken as
             needing no undo.
+        retry: a :class:`~celery_saga.RetryPolicy` (or a number of attempts, or a
+            mapping of its fields): how often and how soon a failing attempt is
+            retried before the step fails for good and the saga compensates.
+        timeout: seconds one attempt may run: the message's soft time limit (the step
+            gets ``SoftTimeLimitExceeded`` and fails) and, a little later, its hard
+            time limit (the worker kills the process). Needs a pool that enforces time
+            limits (prefork). A task's own ``time_limit`` options are used if given.
+        compensate_on_timeout: a step that timed out may have taken effect (in doubt):
+            compensate it too, first, with a ``None`` result.
 
     .. versionadded:: 0.1
     """
     _check_compensate(compensate)
-    definition = StepDefinition(compensate=compensate)
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
+    ):
+        raise TypeError(f"timeout= takes a number of seconds > 0, got {timeout!r}")
+    if compensate_on_timeout and compensate is None:
+        raise TypeError("compensate_on_timeout=True needs compensate=: there is nothing to undo")
+    definition = StepDefinition(
+        compensate=compensate,
+        retry=RetryPolicy.of(retry),
+        timeout=None if timeout is None else float(timeout),
+        compensate_on_timeout=bool(compensate_on_timeout),
+    )
     if task is not None:
         return _decorate(task, definition)
 

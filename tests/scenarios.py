@@ -197,3 +197,39 @@ class SagaScenarios:
             result.get(timeout=TIMEOUT)
         assert env.ledger.count("undo", "a", result.id) == 1
         assert env.ledger.count("undo", "o", result.id) == 0
+
+    def test_retry_policy_retries_then_succeeds(self, env: SagaEnv) -> None:
+        """A step with RetryPolicy(attempts=3) that fails twice succeeds on its third attempt."""
+        result = env.saga(env.sig("insist", tag="r", fail_times=2)).apply_async(saga_id=new_id())
+        assert result.get(timeout=TIMEOUT) == "r"
+        (step,) = result.steps
+        assert step.attempts == 3
+        assert [e.payload["attempt"] for e in env.ledger.entries(result.id, "do")] == [1, 2, 3]
+
+    def test_retry_policy_exhausted_compensates(self, env: SagaEnv) -> None:
+        """A step failing all its attempts fails for good; its error says which attempt it was."""
+        result = env.saga(
+            env.sig("act", tag="a"), env.sig("insist", tag="r", fail_times=9)
+        ).apply_async(saga_id=new_id())
+        with pytest.raises(SagaCompensated):
+            result.get(timeout=TIMEOUT)
+        step = result.steps[1]
+        assert step.status is StepStatus.FAILED
+        assert step.attempts == 3
+        assert step.error is not None
+        assert (step.error["attempt"], step.error["retryable"]) == (3, True)
+        assert env.ledger.count("do", "r", result.id) == 3
+        assert env.ledger.count("undo", "a", result.id) == 1
+
+    def test_error_the_policy_does_not_retry_fails_at_once(self, env: SagaEnv) -> None:
+        """An error outside retry_on fails the step on its first attempt, marked not retryable."""
+        result = env.saga(
+            env.sig("act", tag="a"), env.sig("insist", tag="r", fatal=True)
+        ).apply_async(saga_id=new_id())
+        with pytest.raises(SagaCompensated, match="bad input"):
+            result.get(timeout=TIMEOUT)
+        step = result.steps[1]
+        assert step.attempts == 1
+        assert step.error is not None
+        assert (step.error["type"], step.error["retryable"]) == ("ValueError", False)
+        assert env.ledger.count("undo", "a", result.id) == 1

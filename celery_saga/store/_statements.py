@@ -87,7 +87,7 @@ FAIL_STEP = (
     update(saga_steps)
     .where(*_OWNED_RUNNING_STEP)
     .values(
-        status=StepStatus.FAILED,
+        status=bindparam("p_step_status", type_=String),
         error=bindparam("p_error", type_=_c.error.type),
         finished_at=bindparam("p_now"),
         lease_expires_at=None,

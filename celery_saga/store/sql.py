@@ -297,9 +297,11 @@ class SagaStore:
         error: Mapping[str, Any],
         *,
         saga_status: SagaStatus,
+        step_status: StepStatus = StepStatus.FAILED,
     ) -> bool:
         """Record a step's final failure and move the saga to ``saga_status``.
 
+        ``step_status`` is ``TIMED_OUT`` for a timed-out step to be compensated.
         Returns False, writing nothing, if the caller no longer owns the step.
         """
         now = utcnow()
@@ -310,6 +312,7 @@ class SagaStore:
             "p_error": dict(error),
             "p_now": now,
             "p_status": saga_status.value,
+            "p_step_status": step_status.value,
             "p_finished": now if saga_status.is_terminal else None,
         }
         with self._write("record the step's failure") as connection:
@@ -338,7 +341,7 @@ class SagaStore:
     # -- compensations ------------------------------------------------------------
 
     def claim_compensation(self, saga_id: str, index: int, token: str, lease: float) -> Claim:
-        """Take ownership of the compensation of a succeeded step.
+        """Take ownership of the compensation of a succeeded (or timed-out, in doubt) step.
 
         Also moves a still-running saga to ``COMPENSATING`` (its failing step may have
         died before it could record that).
@@ -357,7 +360,7 @@ class SagaStore:
                     c.saga_id == saga_id,
                     c.idx == index,
                     or_(
-                        c.status == StepStatus.SUCCEEDED,
+                        c.status.in_([StepStatus.SUCCEEDED, StepStatus.TIMED_OUT]),
                         and_(c.status == StepStatus.COMPENSATING, c.lease_expires_at < now),
                     ),
                 )

@@ -6,6 +6,7 @@ check what really ran against an independent record.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from typing import Any
@@ -15,7 +16,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import JSON, Column, Integer, MetaData, String, Table, insert, select
 
 import celery_saga
-from celery_saga import current_step, saga_step
+from celery_saga import RetryPolicy, current_step, saga_step
 from celery_saga.store import make_engine
 
 ledger_metadata = MetaData()
@@ -108,12 +109,18 @@ def make_app(
         fail: bool = False,
         sleep: float = 0.0,
         soft_timeout: bool = False,
+        hang_first: float = 0.0,
         **kwargs: Any,
     ) -> Any:
-        """A step: records itself, optionally sleeps and fails, returns its tag and args."""
+        """A step: records itself, optionally sleeps and fails, returns its tag and args.
+
+        ``hang_first``: sleep this long in the first attempt only (to be killed in).
+        """
         ledger.add("do", tag, {"args": list(args)})
         if sleep:
             time.sleep(sleep)
+        if hang_first and current_step().attempt == 1:  # type: ignore[union-attr]
+            time.sleep(hang_first)
         if soft_timeout:  # what Celery raises inside a task at its soft time limit
             raise SoftTimeLimitExceeded()
         if fail:
@@ -141,6 +148,31 @@ def make_app(
             raise StepFailure(f"{tag} flaked")
         return tag
 
+    @saga_step(
+        compensate=undo,
+        retry=RetryPolicy(attempts=3, backoff=0.02, max_backoff=0.05, retry_on=(StepFailure,)),
+    )
+    @app.task(name="shop.insist", shared=False)
+    def insist(*args: Any, tag: str, fail_times: int = 0, fatal: bool = False, **kw: Any) -> str:
+        """A step with a retry policy: fails its first ``fail_times`` attempts; ``fatal``
+        raises an error the policy does not retry."""
+        context = current_step()
+        assert context is not None
+        ledger.add("do", tag, {"attempt": context.attempt})
+        if fatal:
+            raise ValueError(f"{tag}: bad input")
+        if context.attempt <= fail_times:
+            raise StepFailure(f"{tag} failed (attempt {context.attempt})")
+        return tag
+
+    @saga_step(compensate=undo, timeout=1.0, compensate_on_timeout=True)
+    @app.task(name="shop.slow", shared=False)
+    def slow(*args: Any, tag: str, sleep: float = 0.0, **kwargs: Any) -> str:
+        """A step with a 1 s timeout, in doubt when it times out."""
+        ledger.add("do", tag)
+        time.sleep(sleep)
+        return tag
+
     @saga_step(compensate=undo)
     @app.task(name="shop.opaque", shared=False)
     def opaque(*args: Any, tag: str, **kwargs: Any) -> Any:
@@ -158,4 +190,5 @@ def app_from_env() -> Celery:
         store_url=os.environ["SAGA_TEST_STORE"],
         ledger_url=os.environ["SAGA_TEST_LEDGER"],
         queue=os.environ.get("SAGA_TEST_QUEUE", "celery"),
+        **json.loads(os.environ.get("SAGA_TEST_CONF", "{}")),
     )

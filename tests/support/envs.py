@@ -93,7 +93,10 @@ def worker_process(
         "-n", f"{queue}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat",
     ]  # fmt: skip
     with log.open("wb") as out:
-        process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(  # its own process group: a crash test kills all of it
+            command, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
     try:
         _wait_ready(log, process)
         yield process

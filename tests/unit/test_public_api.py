@@ -8,6 +8,7 @@ import celery_saga
 
 EXPECTED = [
     "Recovery",
+    "RetryPolicy",
     "Saga",
     "SagaCompensated",
     "SagaConfig",

@@ -109,3 +109,44 @@ def test_shared_task_steps_run_on_an_installed_app(store_url: str) -> None:
         result.get(timeout=20, propagate=False)
     assert result.status is SagaStatus.COMPENSATED
     assert ("undo", {"charged": 5}) in _shared_calls
+
+
+def test_timeout_becomes_the_message_time_limits(app: Celery) -> None:
+    """timeout= is the step message's soft time limit; the hard one follows a little later."""
+    plan = saga(app.signature("shop.slow", kwargs={"tag": "s"}), name="t", app=app).plan()
+    (step,) = plan.steps
+    assert step["options"]["soft_time_limit"] == 1.0
+    assert step["options"]["time_limit"] == 3.0
+    assert step["undo_timeout"] is True
+    plain = saga(app.signature("shop.act", kwargs={"tag": "a"}), name="t", app=app).plan()
+    assert "undo_timeout" not in plain.steps[0]
+    assert "soft_time_limit" not in plain.steps[0]["options"]
+
+
+def test_in_doubt_step_undoes_itself_first(app: Celery) -> None:
+    """A compensate_on_timeout step's errback starts with its own compensation."""
+    from celery_saga.canvas import step_signatures
+
+    plan = saga(
+        app.signature("shop.act", kwargs={"tag": "a"}),
+        app.signature("shop.slow", kwargs={"tag": "s"}),
+        name="t",
+        app=app,
+    ).plan()
+    second = step_signatures(app, "s-1", plan.as_json())[1]
+    (errback,) = second.options["link_error"]
+    assert [task.args for task in errback.tasks] == [("s-1", 1), ("s-1", 0)]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"timeout": 0}, "timeout= takes a number of seconds > 0"),
+        ({"timeout": "1m"}, "timeout= takes a number of seconds > 0"),
+        ({"compensate_on_timeout": True}, "needs compensate="),
+    ],
+)
+def test_bad_timeouts_are_refused(kwargs: dict[str, Any], message: str) -> None:
+    """A bad timeout= or compensate_on_timeout without a compensation fails at decoration."""
+    with pytest.raises(TypeError, match=message):
+        saga_step(**kwargs)
