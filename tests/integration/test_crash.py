@@ -13,8 +13,7 @@ import pytest
 
 from celery_saga import SagaCompensated, SagaStatus, StepStatus, recover
 from tests.scenarios import new_id
-from tests.support.app import make_app
-from tests.support.envs import SagaEnv, worker_process
+from tests.support.envs import broker_env, worker_process
 from tests.support.services import REDIS_URL, require
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]
@@ -38,11 +37,9 @@ def test_step_killed_mid_run_is_recovered(postgres_url: str, worker_logs: Path) 
     """
     require("redis")
     queue = f"crash-{uuid.uuid4().hex[:8]}"
-    app = make_app(REDIS_URL, postgres_url, postgres_url, queue=queue, **CONF)
-    env = SagaEnv("crash", app, app.ledger)  # type: ignore[attr-defined]
     extra = {"SAGA_TEST_CONF": json.dumps(CONF)}
-    log = worker_logs / "crash-first.log"
-    try:
+    with broker_env("crash", REDIS_URL, postgres_url, postgres_url, queue, **CONF) as env:
+        log = worker_logs / "crash-first.log"
         with worker_process(
             REDIS_URL, postgres_url, postgres_url, queue, log, extra_env=extra
         ) as worker:
@@ -55,63 +52,48 @@ def test_step_killed_mid_run_is_recovered(postgres_url: str, worker_logs: Path) 
             os.killpg(worker.pid, signal.SIGKILL)  # the worker and its pool children
             worker.wait()
         assert result.steps[1].status is StepStatus.RUNNING
-        (alive,) = recover(app, result.id, stalled_after=3600)
+        (alive,) = recover(env.app, result.id, stalled_after=3600)
         assert alive.action in ("none", "forward")  # the lease may have run out already
         time.sleep(LEASE)
         log = worker_logs / "crash-restarted.log"
         with worker_process(REDIS_URL, postgres_url, postgres_url, queue, log, extra_env=extra):
             if alive.action == "none":
-                (plan,) = recover(app, result.id, stalled_after=3600)
+                (plan,) = recover(env.app, result.id, stalled_after=3600)
                 assert (plan.action, plan.reason) == ("forward", "the lease of step 1 ran out")
             value = result.get(timeout=60)
-        assert result.status is SagaStatus.COMPLETED
-        assert value["tag"] == "c"
-        assert value["args"][0]["args"][0] == {"tag": "a", "args": ["o-1"]}
-        steps = result.steps
-        assert [s.attempts for s in steps] == [1, 2, 1]
-        # at-least-once: the killed attempt had started; both ran under one idempotency key
-        done_b = [e for e in env.ledger.entries(result.id, "do") if e.tag == "b"]
-        assert len(done_b) == 2
-        assert len({e.key for e in done_b}) == 1
-        assert env.ledger.count("do", "c", result.id) == 1
-    finally:
-        try:
-            with app.connection_for_write() as connection:
-                connection.default_channel.queue_delete(queue)
-        finally:
-            app.close()
+    assert result.status is SagaStatus.COMPLETED
+    assert value["tag"] == "c"
+    assert value["args"][0]["args"][0] == {"tag": "a", "args": ["o-1"]}
+    steps = result.steps
+    assert [s.attempts for s in steps] == [1, 2, 1]
+    # at-least-once: the killed attempt had started; both ran under one idempotency key
+    done_b = [e for e in env.ledger.entries(result.id, "do") if e.tag == "b"]
+    assert len(done_b) == 2
+    assert len({e.key for e in done_b}) == 1
+    assert env.ledger.count("do", "c", result.id) == 1
 
 
 def test_hanging_step_is_stopped_and_undone(postgres_url: str, worker_logs: Path) -> None:
     """A step past its 1 s timeout is stopped by the soft time limit and, in doubt, undone first."""
     require("redis")
     queue = f"timeout-{uuid.uuid4().hex[:8]}"
-    app = make_app(REDIS_URL, postgres_url, postgres_url, queue=queue)
-    env = SagaEnv("timeout", app, app.ledger)  # type: ignore[attr-defined]
-    try:
-        with worker_process(
-            REDIS_URL, postgres_url, postgres_url, queue, worker_logs / "timeout.log"
-        ):
-            started = time.monotonic()
-            result = env.saga(
-                env.sig("act", tag="a"), env.sig("slow", tag="s", sleep=60)
-            ).apply_async(saga_id=new_id())
-            with pytest.raises(SagaCompensated, match="SoftTimeLimitExceeded"):
-                result.get(timeout=30)
-            elapsed = time.monotonic() - started
+    log = worker_logs / "timeout.log"
+    with (
+        broker_env("timeout", REDIS_URL, postgres_url, postgres_url, queue) as env,
+        worker_process(REDIS_URL, postgres_url, postgres_url, queue, log),
+    ):
+        started = time.monotonic()
+        result = env.saga(env.sig("act", tag="a"), env.sig("slow", tag="s", sleep=60)).apply_async(
+            saga_id=new_id()
+        )
+        with pytest.raises(SagaCompensated, match="SoftTimeLimitExceeded"):
+            result.get(timeout=30)
+        elapsed = time.monotonic() - started
         assert elapsed < 20
         step = result.steps[1]
         assert step.status is StepStatus.COMPENSATED  # was TIMED_OUT, then undone
         assert step.error is not None
         assert step.error["type"].endswith(".SoftTimeLimitExceeded")
         undone = env.ledger.entries(result.id, "undo")
-        assert [(e.tag, e.payload["result"]) for e in undone] == [
-            ("s", None),
-            ("a", {"tag": "a", "args": []}),
-        ]
-    finally:
-        try:
-            with app.connection_for_write() as connection:
-                connection.default_channel.queue_delete(queue)
-        finally:
-            app.close()
+        assert [e.tag for e in undone] == ["s", "a"]  # the in-doubt step first
+        assert [e.payload["result"] for e in undone] == [None, {"tag": "a", "args": []}]

@@ -20,8 +20,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from celery_saga import SagaCompensated, SagaResult
 from celery_saga.contrib.opentelemetry import SagaInstrumentor, saga_trace_id
 from tests.scenarios import new_id
-from tests.support.app import make_app
-from tests.support.envs import SagaEnv, worker_process
+from tests.support.envs import SagaEnv, broker_env, worker_process
 from tests.support.otel import OtlpReceiver, SpanData, by_name, wait_for
 from tests.support.services import REDIS_URL, require
 
@@ -79,8 +78,9 @@ def traced(
                     launcher=[INSTRUMENT],
                 )
             )  # fmt: skip
-        app = make_app(REDIS_URL, postgres_url, postgres_url, queue=queues[0])
-        stack.callback(app.close)
+        env = stack.enter_context(
+            broker_env("traced", REDIS_URL, postgres_url, postgres_url, queues[0])
+        )
         provider = TracerProvider(resource=Resource({"service.name": "producer"}))
         provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(receiver.endpoint)))
         stack.callback(provider.shutdown)
@@ -89,7 +89,7 @@ def traced(
         if celery_spans:
             CeleryInstrumentor().instrument(tracer_provider=provider)
             stack.callback(CeleryInstrumentor().uninstrument)
-        yield Traced(SagaEnv("traced", app, app.ledger), receiver, queues, celery_spans)  # type: ignore[attr-defined]
+        yield Traced(env, receiver, queues, celery_spans)
 
 
 def _compensated_saga(traced: Traced) -> SagaResult:

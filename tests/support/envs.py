@@ -52,6 +52,14 @@ def thread_env(name: str, store_url: str, ledger_url: str, **conf: Any) -> Itera
         yield SagaEnv(name, app, app.ledger)  # type: ignore[attr-defined]
 
 
+@contextmanager
+def sqlite_thread_env(folder: Path, name: str, **conf: Any) -> Iterator[SagaEnv]:
+    """:func:`thread_env` with a SQLite store (and ledger) in ``folder``."""
+    url = f"sqlite:///{folder / 'store.sqlite3'}"
+    with thread_env(name, url, url, **conf) as env:
+        yield env
+
+
 def _wait_ready(log: Path, process: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -111,19 +119,30 @@ def worker_process(
 
 
 @contextmanager
+def broker_env(
+    name: str, broker: str, store_url: str, ledger_url: str, queue: str, **conf: Any
+) -> Iterator[SagaEnv]:
+    """The test app on a real broker, sending to ``queue``; the queue is deleted after."""
+    app = make_app(broker, store_url, ledger_url, queue=queue, **conf)
+    try:
+        yield SagaEnv(name, app, app.ledger)  # type: ignore[attr-defined]
+    finally:
+        try:
+            with app.connection_for_write() as connection:
+                connection.default_channel.queue_delete(queue)
+        except Exception:  # best effort: the queue may be gone already
+            pass
+        app.close()
+
+
+@contextmanager
 def process_env(
     name: str, broker: str, store_url: str, ledger_url: str, log_dir: Path
 ) -> Iterator[SagaEnv]:
     """A real broker and a prefork worker process; the test process only produces."""
     queue = f"saga-test-{uuid.uuid4().hex[:8]}"
-    app = make_app(broker, store_url, ledger_url, queue=queue)
-    with worker_process(broker, store_url, ledger_url, queue, log_dir / f"{name}.log"):
-        try:
-            yield SagaEnv(name, app, app.ledger)  # type: ignore[attr-defined]
-        finally:
-            try:
-                with app.connection_for_write() as connection:
-                    connection.default_channel.queue_delete(queue)
-            except Exception:  # best effort: the queue may be gone already
-                pass
-            app.close()
+    with (
+        worker_process(broker, store_url, ledger_url, queue, log_dir / f"{name}.log"),
+        broker_env(name, broker, store_url, ledger_url, queue) as env,
+    ):
+        yield env

@@ -31,7 +31,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from celery_saga import SagaCompensated, SagaResult, SagaStatus
 from celery_saga.contrib.opentelemetry import SagaInstrumentor, saga_trace_id
 from tests.scenarios import new_id
-from tests.support.envs import SagaEnv, thread_env
+from tests.support.envs import SagaEnv, sqlite_thread_env
 from tests.support.otel import SpanData, by_name, wait_for
 
 TIMEOUT = 30
@@ -75,9 +75,7 @@ class Telemetry:
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SagaEnv]:
-    folder: Path = tmp_path_factory.mktemp("otel")
-    url = f"sqlite:///{folder / 'store.sqlite3'}"
-    with thread_env("otel", url, url) as env:
+    with sqlite_thread_env(tmp_path_factory.mktemp("otel"), "otel") as env:
         yield env
 
 
@@ -338,10 +336,9 @@ def _broken_redactor(step: str, field: str, value: Any) -> Any:
 
 @pytest.fixture(params=["mask", "broken"])
 def redacting_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SagaEnv]:
-    url = f"sqlite:///{tmp_path / 'store.sqlite3'}"
     redactor = "_mask_cards" if request.param == "mask" else "_broken_redactor"
     conf = {"saga_redact": f"{__name__}:{redactor}", "saga_compensation_max_retries": 0}
-    with thread_env("redact", url, url, **conf) as env:
+    with sqlite_thread_env(tmp_path, "redact", **conf) as env:
         yield env
 
 

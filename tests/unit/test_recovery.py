@@ -7,7 +7,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,16 +19,14 @@ from celery_saga.config import get_config
 from celery_saga.recovery import RECOVER_TASK, decide
 from celery_saga.store import EncodedJSON
 from tests.scenarios import new_id
-from tests.support.envs import SagaEnv, thread_env
+from tests.support.envs import SagaEnv, sqlite_thread_env
 
 TIMEOUT = 30
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SagaEnv]:
-    folder: Path = tmp_path_factory.mktemp("recovery")
-    url = f"sqlite:///{folder / 'store.sqlite3'}"
-    with thread_env("recovery", url, url) as env:
+    with sqlite_thread_env(tmp_path_factory.mktemp("recovery"), "recovery") as env:
         yield env
 
 

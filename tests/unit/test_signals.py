@@ -6,7 +6,6 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,7 +14,7 @@ from celery_saga import SagaCompensated, SagaStatus, signals
 from celery_saga.canvas import publish
 from celery_saga.signals import SagaEvent, StepEvent
 from tests.scenarios import new_id
-from tests.support.envs import SagaEnv, thread_env
+from tests.support.envs import SagaEnv, sqlite_thread_env
 
 ALL = [name for name in signals.__all__ if not name[0].isupper()]
 
@@ -63,9 +62,7 @@ class Capture:
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SagaEnv]:
-    folder: Path = tmp_path_factory.mktemp("signals")
-    url = f"sqlite:///{folder / 'store.sqlite3'}"
-    with thread_env("signals", url, url) as env:
+    with sqlite_thread_env(tmp_path_factory.mktemp("signals"), "signals") as env:
         yield env
 
 
