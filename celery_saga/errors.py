@@ -112,7 +112,12 @@ class SagaCompensated(SagaError):
         self.step_name = step_name
         self.step_index = step_index
         self.error = dict(error or {})
-        where = f"step {step_index} {step_name!r} failed" if step_name is not None else "it failed"
+        if step_name is not None:
+            where = f"step {step_index} {step_name!r} failed"
+        elif self.error.get("type") == "celery_saga.Cancelled":
+            where = "it was cancelled"
+        else:
+            where = "it failed"
         super().__init__(f"saga {saga_id!r} was compensated: {where}: {_describe(self.error)}")
 
 

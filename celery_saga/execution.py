@@ -30,7 +30,7 @@ from .errors import SagaStoreError, SagaValidationError
 from .signals import SagaEvent, StepEvent
 from .status import SagaStatus, StepStatus
 from .step import StepDefinition
-from .store import ClaimOutcome, EncodedJSON
+from .store import ClaimOutcome, Completion, EncodedJSON
 
 __all__ = ["HEADER", "StepContext", "current_step", "run_step", "running", "store_retry"]
 
@@ -176,6 +176,8 @@ def run_step(
         signals.step_skipped.send(sender=task.name, event=event(reason=reason))
         if claim.outcome is ClaimOutcome.DONE:
             return claim.result  # a redelivery of a step that succeeded: pass its result on
+        if claim.outcome is ClaimOutcome.HALTED:  # cancelled after the step before succeeded
+            _compensate_halted(task, saga_id)
         raise Ignore()
 
     context = StepContext(
@@ -248,23 +250,46 @@ def run_step(
             signals.step_timed_out.send(sender=task.name, event=failed)
         signals.step_failed.send(sender=task.name, event=failed)
         if saga_status is SagaStatus.COMPENSATED:  # nothing before it to undo
-            elapsed = _seconds_since(header.get("t"))
-            signals.send_saga_end(SagaEvent(saga_id, saga_name, saga_status, elapsed, error, index))
+            if _saga_status(task, saga_id) is SagaStatus.COMPENSATING:  # it was cancelled
+                _compensate_halted(task, saga_id)
+            else:
+                elapsed = _seconds_since(header.get("t"))
+                signals.send_saga_end(SagaEvent(saga_id, saga_name, saga_status, elapsed,
+                                                error, index))  # fmt: skip
         raise
 
     last = index == header["n"] - 1
     try:
-        recorded = store.complete_step(saga_id, index, token, encoded, last=last)
+        completion = store.complete_step(saga_id, index, token, encoded, last=last)
     except SagaStoreError as exc:
         raise store_retry(task, exc) from exc
-    if not recorded:
+    if completion is Completion.LOST:
         logger.warning(
             "saga %s step %d: lost its claim before recording; result dropped", saga_id, index
         )
         raise Ignore()
     signals.step_succeeded.send(sender=task.name, event=event(
         attempt=claim.attempt, duration=time.monotonic() - started))  # fmt: skip
-    if last:
+    if completion is Completion.COMPLETED:
         signals.send_saga_end(SagaEvent(saga_id, saga_name, SagaStatus.COMPLETED,
                                         _seconds_since(header.get("t"))))  # fmt: skip
+    elif completion is Completion.HALTED:  # cancelled while this last step ran
+        _compensate_halted(task, saga_id)
     return result
+
+
+def _saga_status(task: Task[Any, Any], saga_id: str) -> SagaStatus | None:
+    try:
+        return get_store(task.app).get_status(saga_id)
+    except SagaStoreError as exc:
+        raise store_retry(task, exc) from exc
+
+
+def _compensate_halted(task: Task[Any, Any], saga_id: str) -> None:
+    """Undo what a cancelled saga did (see :mod:`celery_saga.operations`)."""
+    from .operations import compensate_halted  # late: cancel needs the canvas, which needs us
+
+    try:
+        compensate_halted(task.app, saga_id)
+    except SagaStoreError as exc:
+        raise store_retry(task, exc) from exc

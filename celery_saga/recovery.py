@@ -108,6 +108,8 @@ def decide(saga: SagaRecord, steps: Sequence[StepRecord], now: datetime, stall: 
     if saga.status is SagaStatus.COMPENSATING:
         if any(s.status is StepStatus.COMPENSATING and _alive(s, now) for s in steps):
             return outcome("none", (), "a compensation is running")
+        if any(s.status is StepStatus.RUNNING and _alive(s, now) for s in steps):
+            return outcome("none", (), "a step is running (the saga was cancelled)")
         if not quiet:
             return outcome("none", (), "progress within saga_recovery_stall")
         undo = [s.index for s in reversed(steps) if s.compensate and s.status in _TO_UNDO]

@@ -65,6 +65,34 @@ class SagaResult:
         """The saga's steps in plan order, with status, result, error, attempts and timings."""
         return get_store(self.app).get_steps(self.id)
 
+    def cancel(self, reason: str = "cancelled") -> bool:
+        """Stop the saga: no new forward step starts; the steps that succeeded are undone.
+
+        A step running now finishes (it is not interrupted), and is undone too if it
+        succeeds. The saga ends ``COMPENSATED``; its error has ``type``
+        ``"celery_saga.Cancelled"`` and ``reason`` as message. Returns False, doing
+        nothing, if the saga is not running (it ended, or is compensating already).
+        Raises :class:`~celery_saga.SagaNotFound` for an unknown id.
+
+        .. versionadded:: 0.1
+        """
+        from .operations import cancel  # late: cancel needs the canvas, which needs us
+
+        return cancel(self.app, self.id, reason)
+
+    def retry_compensation(self) -> list[int]:
+        """Run again, after a fix, the compensations of a ``FAILED`` saga that gave up.
+
+        Sends them (newest first, each with its full retries) and returns their step
+        indices; the saga is ``COMPENSATING`` until they end, then ``COMPENSATED`` (or
+        ``FAILED`` again). Returns ``[]``, doing nothing, if the saga is not ``FAILED``.
+
+        .. versionadded:: 0.1
+        """
+        from .operations import retry_compensation  # late: it needs the canvas
+
+        return retry_compensation(self.app, self.id)
+
     def ready(self) -> bool:
         """True once the saga is terminal (completed, compensated or failed)."""
         return self.status.is_terminal

@@ -24,7 +24,8 @@ signal                          payload       sent when (and where)
                                               ``step_failed``)
 ``step_skipped``                StepEvent     a delivery did not run the body: the step had
                                               succeeded already (``reason="done"``), another
-                                              delivery owns it (``"busy"``), or the saga
+                                              delivery owns it (``"busy"``), the saga was
+                                              cancelled (``"halted"``), or the saga
                                               stopped (``"stopped"``, ``"missing"``)
 ``compensation_started``        StepEvent     a compensation is claimed and called
 ``compensation_succeeded``      StepEvent     it returned

@@ -233,3 +233,72 @@ class SagaScenarios:
         assert step.error is not None
         assert (step.error["type"], step.error["retryable"]) == ("ValueError", False)
         assert env.ledger.count("undo", "a", result.id) == 1
+
+    def _wait_for_do(self, env: SagaEnv, saga_id: str, tag: str) -> None:
+        deadline = time.monotonic() + TIMEOUT
+        while env.ledger.count("do", tag, saga_id) == 0:
+            assert time.monotonic() < deadline, f"step {tag} never started"
+            time.sleep(0.02)
+
+    def test_cancel_while_a_step_runs_undoes_it_too(self, env: SagaEnv) -> None:
+        """cancel() during step 2 of 3: step 3 never starts, steps 2 then 1 are undone."""
+        result = env.saga(
+            env.sig("act", tag="a"), env.sig("act", tag="b", sleep=1.0), env.sig("act", tag="c")
+        ).apply_async(saga_id=new_id())
+        self._wait_for_do(env, result.id, "b")
+        assert result.cancel("customer changed their mind")
+        with pytest.raises(SagaCompensated, match=r"cancelled: .*customer changed their mind"):
+            result.get(timeout=TIMEOUT)
+        assert env.ledger.count("do", "c", result.id) == 0
+        assert [e.tag for e in env.ledger.entries(result.id, "undo")] == ["b", "a"]
+        assert [s.status for s in result.steps] == [
+            StepStatus.COMPENSATED, StepStatus.COMPENSATED, StepStatus.PENDING
+        ]  # fmt: skip
+        assert not result.cancel("again")  # not running any more: nothing to do
+
+    def test_cancel_during_the_last_step(self, env: SagaEnv) -> None:
+        """A saga cancelled while its last step runs does not complete: both steps are undone."""
+        result = env.saga(env.sig("act", tag="a"), env.sig("act", tag="b", sleep=1.0)).apply_async(
+            saga_id=new_id()
+        )
+        self._wait_for_do(env, result.id, "b")
+        assert result.cancel("stop")
+        with pytest.raises(SagaCompensated):
+            result.get(timeout=TIMEOUT)
+        assert result.status is SagaStatus.COMPENSATED
+        assert [e.tag for e in env.ledger.entries(result.id, "undo")] == ["b", "a"]
+
+    def test_cancel_then_the_running_step_fails(self, env: SagaEnv) -> None:
+        """If the step running at cancel time fails, the steps before it are undone once."""
+        result = env.saga(
+            env.sig("act", tag="a"), env.sig("act", tag="b", sleep=1.0, fail=True)
+        ).apply_async(saga_id=new_id())
+        self._wait_for_do(env, result.id, "b")
+        assert result.cancel("stop")
+        with pytest.raises(SagaCompensated, match="cancelled"):
+            result.get(timeout=TIMEOUT)
+        assert [e.tag for e in env.ledger.entries(result.id, "undo")] == ["a"]
+
+    def test_cancel_of_an_ended_saga_does_nothing(self, env: SagaEnv) -> None:
+        """cancel() of a completed saga returns False and changes nothing."""
+        result = env.saga(env.sig("act", tag="a")).apply_async(saga_id=new_id())
+        result.get(timeout=TIMEOUT)
+        assert not result.cancel("too late")
+        assert result.status is SagaStatus.COMPLETED
+        assert env.ledger.count("undo", "a", result.id) == 0
+
+    def test_retry_compensation_after_a_fix(self, env: SagaEnv) -> None:
+        """retry_compensation() reruns a FAILED saga's given-up undo; the saga ends COMPENSATED."""
+        result = env.saga(
+            env.sig("act", tag="a", fail_undo=3), env.sig("act", tag="b", fail=True)
+        ).apply_async(saga_id=new_id())
+        with pytest.raises(SagaFailed):
+            result.get(timeout=TIMEOUT)
+        assert result.steps[0].status is StepStatus.COMPENSATION_FAILED
+        assert result.retry_compensation() == [0]
+        with pytest.raises(SagaCompensated):
+            result.get(timeout=TIMEOUT)
+        assert env.ledger.count("undo", "a", result.id) == 1
+        assert env.ledger.count("undo-attempt", "a", result.id) == 4
+        assert result.steps[0].status is StepStatus.COMPENSATED
+        assert result.retry_compensation() == []  # not FAILED any more

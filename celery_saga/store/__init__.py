@@ -2,12 +2,13 @@
 
 from .migrations import current_version, upgrade
 from .schema import SCHEMA_VERSION, metadata
-from .sql import Claim, ClaimOutcome, EncodedJSON, SagaStore, make_engine, utcnow
+from .sql import Claim, ClaimOutcome, Completion, EncodedJSON, SagaStore, make_engine, utcnow
 
 __all__ = [
     "SCHEMA_VERSION",
     "Claim",
     "ClaimOutcome",
+    "Completion",
     "EncodedJSON",
     "SagaStore",
     "current_version",

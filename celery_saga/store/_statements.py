@@ -124,11 +124,11 @@ COMPLETE_SAGA = (
 SAGA_STATUS = select(sagas.c.status).where(sagas.c.id == bindparam("p_saga"))
 
 
-def _complete_last_step_in_one_statement() -> Select[int]:
+def _complete_last_step_in_one_statement() -> Select[tuple[int, int]]:
     """PostgreSQL: record the last step and complete the saga in one statement.
 
     ``WITH step AS (UPDATE steps ... RETURNING), saga AS (UPDATE sagas ... WHERE id IN
-    step) SELECT count(*) FROM step``: both updates or neither, no BEGIN/COMMIT trips.
+    step) SELECT <steps updated>, <sagas completed>``: one round trip, no BEGIN/COMMIT.
     """
     step = COMPLETE_STEP.returning(_c.saga_id).cte("completed_step")
     saga = (
@@ -142,7 +142,9 @@ def _complete_last_step_in_one_statement() -> Select[int]:
         .returning(sagas.c.id)
         .cte("completed_saga")
     )  # fmt: skip
-    return select(func.count()).select_from(step).add_cte(saga)
+    steps = select(func.count()).select_from(step).scalar_subquery()
+    completed = select(func.count()).select_from(saga).scalar_subquery()
+    return select(steps, completed).add_cte(saga)
 
 
 COMPLETE_LAST_STEP_PG = _complete_last_step_in_one_statement()

@@ -53,7 +53,15 @@ from ._statements import (
 from .engine import READ_ONLY, EncodedJSON, make_engine
 from .schema import saga_steps, sagas
 
-__all__ = ["Claim", "ClaimOutcome", "EncodedJSON", "SagaStore", "make_engine", "utcnow"]
+__all__ = [
+    "Claim",
+    "ClaimOutcome",
+    "Completion",
+    "EncodedJSON",
+    "SagaStore",
+    "make_engine",
+    "utcnow",
+]
 
 
 class ClaimOutcome(enum.Enum):
@@ -63,7 +71,17 @@ class ClaimOutcome(enum.Enum):
     DONE = "done"  #: it already ran to the end; ``Claim.result`` holds the stored result
     BUSY = "busy"  #: another delivery owns it under a live lease
     STOPPED = "stopped"  #: the saga is not in a state where this may run
+    HALTED = "halted"  #: the saga was stopped (cancelled) before this step started
     MISSING = "missing"  #: no such saga or step in the store
+
+
+class Completion(enum.Enum):
+    """What recording a step's result did."""
+
+    LOST = "lost"  #: the caller no longer owns the step: nothing was written
+    RECORDED = "recorded"  #: the result is stored
+    COMPLETED = "completed"  #: the last step's result is stored and the saga completed
+    HALTED = "halted"  #: the last step's result is stored, but the saga had been stopped
 
 
 @dataclass(frozen=True)
@@ -251,7 +269,8 @@ class SagaStore:
         if row is None:
             return Claim(ClaimOutcome.MISSING)
         if row.status is None:  # no row: the saga stopped before this step started
-            return Claim(ClaimOutcome.STOPPED)
+            halted = row.saga_status == SagaStatus.COMPENSATING
+            return Claim(ClaimOutcome.HALTED if halted else ClaimOutcome.STOPPED)
         status = StepStatus(row.status)
         if status == StepStatus.SUCCEEDED and row.saga_status in (
             SagaStatus.RUNNING,
@@ -264,10 +283,11 @@ class SagaStore:
 
     def complete_step(
         self, saga_id: str, index: int, token: str, result: Any, *, last: bool
-    ) -> bool:
+    ) -> Completion:
         """Record a step's result (and the saga's completion after its last step).
 
-        Returns False, writing nothing, if the caller no longer owns the step.
+        ``LOST``, writing nothing, if the caller no longer owns the step; after the last
+        step ``COMPLETED``, or ``HALTED`` if the saga had stopped running (cancelled).
         """
         params = {
             "p_saga": saga_id,
@@ -278,16 +298,24 @@ class SagaStore:
         }
         if not last:
             with self._write_one("record the step's result") as connection:
-                return connection.execute(COMPLETE_STEP, params).rowcount == 1
+                recorded = connection.execute(COMPLETE_STEP, params).rowcount == 1
+            return Completion.RECORDED if recorded else Completion.LOST
         if self.engine.dialect.name == "postgresql":
             with self._write_one("record the step's result") as connection:
-                return connection.execute(COMPLETE_LAST_STEP_PG, params).scalar() == 1
-        with self._write("record the step's result") as connection:
-            if connection.execute(COMPLETE_STEP, params).rowcount != 1:
-                connection.rollback()
-                return False
-            connection.execute(COMPLETE_SAGA, params)
-        return True
+                counts: tuple[Any, ...] = tuple(
+                    connection.execute(COMPLETE_LAST_STEP_PG, params).one()
+                )
+            steps, completed = int(counts[0]), int(counts[1])
+        else:
+            with self._write("record the step's result") as connection:
+                steps = connection.execute(COMPLETE_STEP, params).rowcount
+                if steps != 1:
+                    connection.rollback()
+                    return Completion.LOST
+                completed = connection.execute(COMPLETE_SAGA, params).rowcount
+        if steps != 1:
+            return Completion.LOST
+        return Completion.COMPLETED if completed == 1 else Completion.HALTED
 
     def fail_step(
         self,
@@ -434,6 +462,46 @@ class SagaStore:
                 ).rowcount
                 == 1
             )
+
+    def cancel_saga(self, saga_id: str, error: Mapping[str, Any]) -> bool:
+        """Stop a running saga: no step may be claimed from now on; it is to be undone.
+
+        Moves it to ``COMPENSATING`` with ``error``; returns False if it was not running.
+        """
+        now = utcnow()
+        with self._write_one("cancel the saga") as connection:
+            cancelled = connection.execute(
+                update(sagas)
+                .where(sagas.c.id == saga_id, sagas.c.status == SagaStatus.RUNNING)
+                .values(status=SagaStatus.COMPENSATING, error=dict(error), updated_at=now)
+            )
+        return cancelled.rowcount == 1
+
+    def reopen_failed_compensations(self, saga_id: str) -> list[int]:
+        """Make a ``FAILED`` saga's given-up compensations claimable again.
+
+        The saga goes back to ``COMPENSATING``, those steps to ``SUCCEEDED`` (their last
+        compensation error kept). Returns their indices, newest first; none if the saga
+        was not ``FAILED``.
+        """
+        now = utcnow()
+        c = saga_steps.c
+        with self._write("reopen the failed compensations") as connection:
+            reopened = connection.execute(
+                update(sagas)
+                .where(sagas.c.id == saga_id, sagas.c.status == SagaStatus.FAILED)
+                .values(status=SagaStatus.COMPENSATING, finished_at=None, updated_at=now)
+            ).rowcount
+            if reopened != 1:
+                return []
+            failed = c.saga_id == saga_id, c.status == StepStatus.COMPENSATION_FAILED
+            indices = list(
+                connection.execute(select(c.idx).where(*failed).order_by(c.idx.desc())).scalars()
+            )
+            connection.execute(
+                update(saga_steps).where(*failed).values(status=StepStatus.SUCCEEDED)
+            )
+        return indices
 
     def finish_saga_compensation(self, saga_id: str) -> bool:
         """End a compensating saga: ``FAILED`` if a compensation gave up, else ``COMPENSATED``.

@@ -11,13 +11,13 @@ from typing import Any
 
 import pytest
 
-from celery_saga import SagaCompensated, SagaResult, SagaStatus, StepStatus, recover
+from celery_saga import SagaCompensated, SagaNotFound, SagaResult, SagaStatus, StepStatus, recover
 from celery_saga import canvas as canvas_module
 from celery_saga import recovery as recovery_module
 from celery_saga._runtime import get_store
 from celery_saga.config import get_config
 from celery_saga.recovery import RECOVER_TASK, decide
-from celery_saga.store import EncodedJSON
+from celery_saga.store import Completion, EncodedJSON
 from tests.scenarios import new_id
 from tests.support.envs import SagaEnv, sqlite_thread_env
 
@@ -117,7 +117,8 @@ def test_lost_compensations_are_sent_and_end_the_saga(
     store = get_store(env.app)
     for index, tag in enumerate("ab"):
         token = _claim(env, result.id, index, lease=60, tag=tag)
-        assert store.complete_step(result.id, index, token, EncodedJSON(f'"{tag}"'), last=False)
+        recorded = store.complete_step(result.id, index, token, EncodedJSON(f'"{tag}"'), last=False)
+        assert recorded is Completion.RECORDED
     token = _claim(env, result.id, 2, lease=60, tag="c")
     error = {"type": "StepFailure", "message": "c failed", "traceback": ""}
     assert store.fail_step(result.id, 2, token, error, saga_status=SagaStatus.COMPENSATING)
@@ -179,3 +180,30 @@ def test_recover_task_runs_a_sweep(
     counts = env.app.tasks[RECOVER_TASK].apply().get()
     assert counts["forward"] >= 1
     assert result.get(timeout=TIMEOUT) == {"tag": "a", "args": [7]}
+
+
+def test_cancel_with_no_step_running(env: SagaEnv, lose_messages: Callable[[str], None]) -> None:
+    """cancel() between steps sends the compensations itself; with nothing done, ends at once."""
+    lose_messages("first")
+    result = env.saga(env.sig("act", tag="a"), env.sig("act", tag="b")).apply_async(new_id())
+    _wait_for(result, 0, StepStatus.SUCCEEDED)
+    assert result.cancel("not needed")
+    with pytest.raises(SagaCompensated, match="it was cancelled"):
+        result.get(timeout=TIMEOUT)
+    assert env.ledger.count("undo", "a", result.id) == 1
+    assert env.ledger.count("do", "b", result.id) == 0
+
+    lose_messages("none")
+    idle = env.saga(env.sig("act", tag="x")).apply_async(saga_id=new_id())
+    assert idle.cancel("never mind")
+    assert idle.status is SagaStatus.COMPENSATED
+    assert idle.record is not None
+    assert idle.record.error == {
+        "type": "celery_saga.Cancelled", "message": "never mind", "traceback": ""
+    }  # fmt: skip
+
+
+def test_cancel_unknown_saga(env: SagaEnv) -> None:
+    """cancel() of an id the store does not know raises SagaNotFound."""
+    with pytest.raises(SagaNotFound):
+        SagaResult("no-such-saga", app=env.app).cancel("x")

@@ -1,0 +1,87 @@
+"""What an operator does to a saga: cancel it, or retry its failed compensations.
+
+Cancelling: no new forward step starts, and what succeeded is undone.
+:meth:`SagaResult.cancel` moves a running saga to ``COMPENSATING`` with the reason as
+its error; from then on no step can be claimed. Who sends the compensations depends on
+what was running at that moment:
+
+- nothing: :func:`cancel` sends them itself (or ends the saga if there is nothing to undo);
+- a step: that step's worker carries on. If the step succeeds, the next step's message
+  finds the saga stopped (``HALTED``) and sends them; if it was the last step, its
+  worker does. If the step fails, its own errbacks undo the steps before it.
+
+The saga ends ``COMPENSATED`` (its error says it was cancelled, and why); if a
+compensation gives up, ``FAILED`` as always. Compensations themselves are never
+cancelled. Everything sent twice in a race is a no-op for the claims.
+
+Retrying compensations: a ``FAILED`` saga's compensations that gave up are given
+another round after a fix (:meth:`SagaResult.retry_compensation`), newest first, each
+with its full retries; the saga is ``COMPENSATING`` meanwhile and ends ``COMPENSATED``,
+or ``FAILED`` again.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from celery import Celery
+
+from ._runtime import get_store
+from .canvas import compensation_chain
+from .compensation import end_compensated_saga
+from .errors import SagaNotFound
+from .status import SagaStatus, StepStatus
+
+__all__ = ["CANCELLED", "cancel", "compensate_halted", "retry_compensation"]
+
+#: The ``type`` of the error a cancelled saga records.
+CANCELLED = "celery_saga.Cancelled"
+
+_TO_UNDO = (StepStatus.SUCCEEDED, StepStatus.TIMED_OUT)
+
+
+def cancel(app: Celery, saga_id: str, reason: str) -> bool:
+    """Cancel a running saga; False if it was not running (finished, or compensating)."""
+    store = get_store(app)
+    error: dict[str, Any] = {"type": CANCELLED, "message": str(reason), "traceback": ""}
+    if not store.cancel_saga(saga_id, error):
+        if store.get_status(saga_id) is None:
+            raise SagaNotFound(saga_id)
+        return False
+    compensate_halted(app, saga_id)
+    return True
+
+
+def compensate_halted(app: Celery, saga_id: str) -> None:
+    """Undo the succeeded steps of a stopped saga, unless a step's worker still owns it."""
+    store = get_store(app)
+    saga = store.get_saga(saga_id)
+    if saga is None or saga.status is not SagaStatus.COMPENSATING or saga.failed_step is not None:
+        return  # not stopped by a cancel: a failing step's errbacks do the undoing
+    steps = store.get_steps(saga_id)
+    now = datetime.now(UTC)
+    if any(
+        s.status is StepStatus.RUNNING and s.lease_expires_at and s.lease_expires_at > now
+        for s in steps
+    ):
+        return  # its worker sends them when it is done
+    undo = [s.index for s in reversed(steps) if s.compensate and s.status in _TO_UNDO]
+    chain = compensation_chain(app, saga_id, saga.plan, undo)
+    if chain is None:
+        end_compensated_saga(app, saga_id)
+    else:
+        chain.apply_async()
+
+
+def retry_compensation(app: Celery, saga_id: str) -> list[int]:
+    """Send the compensations that gave up again; the step indices (none: not ``FAILED``)."""
+    store = get_store(app)
+    saga = store.get_saga(saga_id)
+    if saga is None:
+        raise SagaNotFound(saga_id)
+    undo = store.reopen_failed_compensations(saga_id)
+    chain = compensation_chain(app, saga_id, saga.plan, undo)
+    if chain is not None:
+        chain.apply_async()
+    return undo
