@@ -42,6 +42,8 @@ class Ledger:
     def __init__(self, url: str) -> None:
         self.engine = make_engine(url)
         ledger_metadata.create_all(self.engine, checkfirst=True)
+        # a prefork child must not use the connections it inherited from the parent
+        os.register_at_fork(after_in_child=lambda: self.engine.dispose(close=False))
 
     def add(self, action: str, tag: str, payload: Any = None) -> None:
         context = current_step()
@@ -64,6 +66,21 @@ class Ledger:
             query = query.where(ledger_table.c.action == action)
         with self.engine.connect() as connection:
             return list(connection.execute(query).all())
+
+    def add_once(self, action: str, tag: str) -> bool:
+        """Record an effect once per idempotency key, as an idempotent step would."""
+        context = current_step()
+        assert context is not None
+        with self.engine.begin() as connection:
+            done = connection.execute(
+                select(ledger_table.c.id).where(
+                    ledger_table.c.key == context.idempotency_key,
+                    ledger_table.c.action == action,
+                )
+            ).first()
+        if done is None:
+            self.add(action, tag)
+        return done is None
 
     def count(self, action: str, tag: str, saga_id: str | None = None) -> int:
         return sum(1 for e in self.entries(saga_id, action) if e.tag == tag)
@@ -172,6 +189,28 @@ def make_app(
         ledger.add("do", tag)
         time.sleep(sleep)
         return tag
+
+    @app.task(name="chaos.undo", shared=False)
+    def chaos_undo(result: Any, *args: Any, index: int, undo_fails: int = 0, **kw: Any) -> None:
+        """Chaos compensation: fails its first ``undo_fails`` attempts, then undoes once."""
+        context = current_step()
+        assert context is not None
+        ledger.add("undo-attempt", str(index))
+        if context.attempt <= undo_fails:
+            raise StepFailure(f"undo of step {index} failed (attempt {context.attempt})")
+        time.sleep(kw.get("pause", 0.0))
+        ledger.add_once("undo", str(index))
+
+    @saga_step(compensate=chaos_undo)
+    @app.task(name="chaos.step", shared=False)
+    def chaos_step(*args: Any, index: int, fail: bool, pause: float, **kw: Any) -> int:
+        """Chaos step: every run is an "attempt"; fails before its effect, or applies it once."""
+        ledger.add("attempt", str(index))
+        time.sleep(pause)  # a window to be killed in
+        if fail:
+            raise StepFailure(f"step {index} failed")
+        ledger.add_once("do", str(index))
+        return index
 
     @saga_step(compensate=undo)
     @app.task(name="shop.opaque", shared=False)
