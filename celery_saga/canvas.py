@@ -53,10 +53,18 @@ class SagaPlan:
 
     name: str
     steps: tuple[Mapping[str, Any], ...]
+    deadline: float | None = None
 
     def as_json(self) -> dict[str, Any]:
         """The stored form."""
-        return {"version": PLAN_VERSION, "name": self.name, "steps": [dict(s) for s in self.steps]}
+        stored = {
+            "version": PLAN_VERSION,
+            "name": self.name,
+            "steps": [dict(s) for s in self.steps],
+        }
+        if self.deadline is not None:  # only when set: older plans keep their hash
+            stored["deadline"] = self.deadline
+        return stored
 
     @property
     def hash(self) -> str:
@@ -130,13 +138,19 @@ def _hard_limit_grace(timeout: float) -> float:
     return max(2.0, timeout * 0.1)
 
 
-def build_plan(app: Celery, signatures: Sequence[Any], name: str) -> SagaPlan:
+def build_plan(
+    app: Celery, signatures: Sequence[Any], name: str, deadline: float | None = None
+) -> SagaPlan:
     """Check the steps and describe them as a plan; raise before anything is stored."""
     if not isinstance(name, str) or not name or len(name) > NAME_LENGTH:
         raise SagaValidationError(
             f"saga name must be a non-empty string of at most "
             f"{NAME_LENGTH} characters, got {name!r}"
         )
+    if deadline is not None and (
+        isinstance(deadline, bool) or not isinstance(deadline, int | float) or deadline <= 0
+    ):
+        raise SagaValidationError(f"deadline= takes seconds > 0, got {deadline!r}")
     flat = _flatten(signatures)
     if not flat:
         raise SagaValidationError("a saga needs at least one step")
@@ -189,7 +203,9 @@ def build_plan(app: Celery, signatures: Sequence[Any], name: str) -> SagaPlan:
         if definition.compensate_on_timeout:  # only when set: older plans keep their hash
             step["undo_timeout"] = True
         steps.append(step)
-    return SagaPlan(name=name, steps=tuple(steps))
+    return SagaPlan(
+        name=name, steps=tuple(steps), deadline=None if deadline is None else float(deadline)
+    )
 
 
 def _compensation_route(app: Celery, compensate: str) -> dict[str, Any]:
@@ -275,6 +291,7 @@ def step_signatures(
                 "s": step["stage"],
                 "name": plan["name"],
                 "t": started,
+                "d": started + plan["deadline"] if started and plan.get("deadline") else None,
             },
         }
         if errback is not None:
@@ -337,10 +354,17 @@ class Saga:
     .. versionadded:: 0.1
     """
 
-    def __init__(self, steps: Sequence[Any], name: str, app: Celery | None = None) -> None:
+    def __init__(
+        self,
+        steps: Sequence[Any],
+        name: str,
+        app: Celery | None = None,
+        deadline: float | None = None,
+    ) -> None:
         self.steps = tuple(steps)
         self.name = name
         self._app = app
+        self.deadline = deadline
 
     @property
     def app(self) -> Celery:
@@ -355,7 +379,7 @@ class Saga:
 
     def plan(self) -> SagaPlan:
         """Check the steps and return the plan that :meth:`apply_async` would store."""
-        return build_plan(self.app, self.steps, self.name)
+        return build_plan(self.app, self.steps, self.name, self.deadline)
 
     def apply_async(self, saga_id: str | None = None) -> SagaResult:
         """Store the saga and send its first step.
@@ -419,7 +443,9 @@ class Saga:
         return SagaResult(saga_id, app=app)
 
 
-def saga(*steps: Any, name: str = "saga", app: Celery | None = None) -> Saga:
+def saga(
+    *steps: Any, name: str = "saga", app: Celery | None = None, deadline: float | None = None
+) -> Saga:
     """Describe a saga: steps run in order; on a step's failure the ones before are undone.
 
     Args:
@@ -428,7 +454,9 @@ def saga(*steps: Any, name: str = "saga", app: Celery | None = None) -> Saga:
             a ``chain`` of them is taken step by step.
         name: the saga's name, shown in the store, the CLI and traces.
         app: the Celery app (default: the steps' app).
+        deadline: seconds from the start after which no new step starts: the saga is
+            then compensated (a step running at that moment finishes first).
 
     .. versionadded:: 0.1
     """
-    return Saga(steps, name=name, app=app)
+    return Saga(steps, name=name, app=app, deadline=deadline)

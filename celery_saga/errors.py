@@ -116,6 +116,8 @@ class SagaCompensated(SagaError):
             where = f"step {step_index} {step_name!r} failed"
         elif self.error.get("type") == "celery_saga.Cancelled":
             where = "it was cancelled"
+        elif self.error.get("type") == "celery_saga.DeadlineExceeded":
+            where = "it ran out of time"
         else:
             where = "it failed"
         super().__init__(f"saga {saga_id!r} was compensated: {where}: {_describe(self.error)}")

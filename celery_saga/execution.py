@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 from celery import Task
 from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded
@@ -144,6 +144,9 @@ def run_step(
     saga_id: str = header["id"]
     saga_name: str = header.get("name", "")
     index: int = header["i"]
+    deadline = header.get("d")
+    if deadline is not None and time.time() > deadline:
+        _stop_at_deadline(task, saga_id, saga_name, index, deadline - header["t"])
     config = get_config(task.app)
     store = get_store(task.app)
     token = uuid.uuid4().hex
@@ -276,6 +279,23 @@ def run_step(
     elif completion is Completion.HALTED:  # cancelled while this last step ran
         _compensate_halted(task, saga_id)
     return result
+
+
+def _stop_at_deadline(
+    task: Task[Any, Any], saga_id: str, saga_name: str, index: int, seconds: float
+) -> NoReturn:
+    """The saga's deadline passed before this step: stop it (it is compensated), skip."""
+    from .operations import stop_at_deadline  # late: it needs the canvas, which needs us
+
+    try:
+        stop_at_deadline(task.app, saga_id, seconds)
+    except SagaStoreError as exc:
+        raise store_retry(task, exc) from exc
+    logger.info("saga %s step %d (%s) not run: deadline", saga_id, index, task.name)
+    signals.step_skipped.send(sender=task.name, event=StepEvent(
+        saga_id=saga_id, saga_name=saga_name, step_index=index, step_name=task.name,
+        reason="deadline"))  # fmt: skip
+    raise Ignore()
 
 
 def _saga_status(task: Task[Any, Any], saga_id: str) -> SagaStatus | None:

@@ -33,24 +33,39 @@ from .compensation import end_compensated_saga
 from .errors import SagaNotFound
 from .status import SagaStatus, StepStatus
 
-__all__ = ["CANCELLED", "cancel", "compensate_halted", "retry_compensation"]
+__all__ = [
+    "CANCELLED",
+    "DEADLINE_EXCEEDED",
+    "cancel",
+    "compensate_halted",
+    "retry_compensation",
+    "stop_at_deadline",
+]
 
 #: The ``type`` of the error a cancelled saga records.
 CANCELLED = "celery_saga.Cancelled"
+#: The ``type`` of the error a saga stopped by its ``deadline=`` records.
+DEADLINE_EXCEEDED = "celery_saga.DeadlineExceeded"
 
 _TO_UNDO = (StepStatus.SUCCEEDED, StepStatus.TIMED_OUT)
 
 
-def cancel(app: Celery, saga_id: str, reason: str) -> bool:
+def cancel(app: Celery, saga_id: str, reason: str, kind: str = CANCELLED) -> bool:
     """Cancel a running saga; False if it was not running (finished, or compensating)."""
     store = get_store(app)
-    error: dict[str, Any] = {"type": CANCELLED, "message": str(reason), "traceback": ""}
+    error: dict[str, Any] = {"type": kind, "message": str(reason), "traceback": ""}
     if not store.cancel_saga(saga_id, error):
         if store.get_status(saga_id) is None:
             raise SagaNotFound(saga_id)
         return False
     compensate_halted(app, saga_id)
     return True
+
+
+def stop_at_deadline(app: Celery, saga_id: str, deadline: float) -> bool:
+    """Stop a running saga whose ``deadline=`` has passed, as a cancel would."""
+    reason = f"its deadline of {deadline:g} s passed"
+    return cancel(app, saga_id, reason, kind=DEADLINE_EXCEEDED)
 
 
 def compensate_halted(app: Celery, saga_id: str) -> None:

@@ -49,7 +49,8 @@ class Recovery:
 
     ``action`` is ``"forward"`` (``steps`` = the step sent again, then the ones after
     it), ``"compensate"`` (``steps`` = the compensations sent, in order), ``"finish"``
-    (compensations all done: saga ended) or ``"none"``; ``reason`` says why.
+    (compensations all done: saga ended), ``"deadline"`` (past its ``deadline=``:
+    stopped and compensated) or ``"none"``; ``reason`` says why.
 
     .. versionadded:: 0.1
     """
@@ -91,11 +92,15 @@ def decide(saga: SagaRecord, steps: Sequence[StepRecord], now: datetime, stall: 
         return Recovery(saga.id, action, tuple(steps), reason)
 
     quiet = now - _last_activity(saga, steps) >= timedelta(seconds=stall)
+    deadline = saga.plan.get("deadline")
     if saga.status is SagaStatus.RUNNING:
         for step in steps:
+            if step.status is StepStatus.RUNNING and _alive(step, now):
+                return outcome("none", (), f"step {step.index} is running")
+        if deadline is not None and now > saga.created_at + timedelta(seconds=deadline):
+            return outcome("deadline", (), f"past its deadline of {deadline:g} s")
+        for step in steps:
             if step.status is StepStatus.RUNNING:
-                if _alive(step, now):
-                    return outcome("none", (), f"step {step.index} is running")
                 later = range(step.index, len(steps))
                 return outcome("forward", later, f"the lease of step {step.index} ran out")
         if not quiet:
@@ -130,6 +135,10 @@ def _apply(app: Celery, saga: SagaRecord, steps: Sequence[StepRecord], plan: Rec
         chain.apply_async()
     elif plan.action == "finish":
         end_compensated_saga(app, saga.id)
+    elif plan.action == "deadline":
+        from .operations import stop_at_deadline  # late: operations imports us indirectly
+
+        stop_at_deadline(app, saga.id, saga.plan["deadline"])
 
 
 def recover(

@@ -287,6 +287,23 @@ class SagaScenarios:
         assert result.status is SagaStatus.COMPLETED
         assert env.ledger.count("undo", "a", result.id) == 0
 
+    def test_deadline_passed_during_a_step_stops_the_next(self, env: SagaEnv) -> None:
+        """A saga past its deadline= starts no new step: the steps that ran are undone."""
+        result = env.saga(
+            env.sig("act", tag="a"), env.sig("act", tag="b", sleep=1.5), env.sig("act", tag="c"),
+            deadline=1.0,
+        ).apply_async(saga_id=new_id())  # fmt: skip
+        with pytest.raises(SagaCompensated, match=r"ran out of time: .*deadline of 1 s"):
+            result.get(timeout=TIMEOUT)
+        assert env.ledger.count("do", "c", result.id) == 0
+        assert [e.tag for e in env.ledger.entries(result.id, "undo")] == ["b", "a"]
+        assert result.steps[2].status is StepStatus.PENDING
+
+    def test_saga_within_its_deadline_completes(self, env: SagaEnv) -> None:
+        """A deadline= that is not reached changes nothing."""
+        result = env.saga(env.sig("act", tag="a"), env.sig("act", tag="b"), deadline=60)
+        assert result.apply_async(saga_id=new_id()).get(timeout=TIMEOUT)["tag"] == "b"
+
     def test_retry_compensation_after_a_fix(self, env: SagaEnv) -> None:
         """retry_compensation() reruns a FAILED saga's given-up undo; the saga ends COMPENSATED."""
         result = env.saga(

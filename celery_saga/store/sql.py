@@ -23,13 +23,25 @@ Options:
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, and_, case, delete, exists, func, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Row,
+    and_,
+    case,
+    delete,
+    exists,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from ..errors import SagaStoreError
@@ -62,6 +74,8 @@ __all__ = [
     "make_engine",
     "utcnow",
 ]
+
+T = TypeVar("T")
 
 
 class ClaimOutcome(enum.Enum):
@@ -173,11 +187,23 @@ class SagaStore:
         with self._errors(doing), self._autocommit.connect() as connection:
             yield connection
 
-    @contextmanager
-    def _read(self, doing: str) -> Iterator[Connection]:
+    def _read(self, doing: str, read: Callable[[Connection], T]) -> T:
+        """Run ``read`` on a connection; once more if a stale pooled one was dropped.
+
+        After the database went away, the first use of each pooled connection fails;
+        a read is safe to repeat on a fresh one (writes are retried by their callers).
+        """
         self.ensure_schema()
-        with self._errors(doing), self.engine.connect() as connection:
-            yield connection.execution_options(**READ_ONLY)
+        for attempt in (1, 2):
+            try:
+                with self._errors(doing), self.engine.connect() as connection:
+                    return read(connection.execution_options(**READ_ONLY))
+            except SagaStoreError as exc:
+                cause = exc.__cause__
+                stale = isinstance(cause, DBAPIError) and cause.connection_invalidated
+                if attempt == 2 or not stale:
+                    raise
+        raise AssertionError("unreachable")
 
     def dispose(self, *, close: bool = True) -> None:
         """Drop the connection pools (``close=False`` in a forked child)."""
@@ -264,8 +290,7 @@ class SagaStore:
             .select_from(sagas.outerjoin(saga_steps, and_(c.saga_id == sagas.c.id, c.idx == index)))
             .where(sagas.c.id == saga_id)
         )
-        with self._read("read the step") as connection:
-            row = connection.execute(query).first()
+        row = self._read("read the step", lambda connection: connection.execute(query).first())
         if row is None:
             return Claim(ClaimOutcome.MISSING)
         if row.status is None:  # no row: the saga stopped before this step started
@@ -532,8 +557,8 @@ class SagaStore:
 
     def get_saga(self, saga_id: str) -> SagaRecord | None:
         """The saga's row, or None."""
-        with self._read("read the saga") as connection:
-            row = connection.execute(select(sagas).where(sagas.c.id == saga_id)).first()
+        query = select(sagas).where(sagas.c.id == saga_id)
+        row = self._read("read the saga", lambda connection: connection.execute(query).first())
         return None if row is None else saga_record(row)
 
     def unfinished_sagas(self, created_before: datetime, limit: int) -> list[SagaRecord]:
@@ -547,22 +572,26 @@ class SagaStore:
             .order_by(sagas.c.created_at)
             .limit(limit)
         )
-        with self._read("find unfinished sagas") as connection:
-            return [saga_record(row) for row in connection.execute(query)]
+        rows = self._read("find unfinished sagas", lambda c: c.execute(query).all())
+        return [saga_record(row) for row in rows]
 
     def get_status(self, saga_id: str) -> SagaStatus | None:
         """Only the saga's status (what ``SagaResult.get`` polls)."""
-        with self._read("read the saga's status") as connection:
-            status = connection.execute(SAGA_STATUS, {"p_saga": saga_id}).scalar()
+        params = {"p_saga": saga_id}
+        status = self._read(
+            "read the saga's status", lambda c: c.execute(SAGA_STATUS, params).scalar()
+        )
         return None if status is None else SagaStatus(status)
 
     def get_steps(self, saga_id: str) -> list[StepRecord]:
         """The saga's steps in plan order; steps not started yet are ``PENDING``."""
-        with self._read("read the steps") as connection:
+
+        def read(connection: Connection) -> tuple[Any, Sequence[Row[Any]]]:
             plan = connection.execute(select(sagas.c.plan).where(sagas.c.id == saga_id)).scalar()
-            rows = connection.execute(
-                select(saga_steps).where(saga_steps.c.saga_id == saga_id)
-            ).all()
+            query = select(saga_steps).where(saga_steps.c.saga_id == saga_id)
+            return plan, connection.execute(query).all()
+
+        plan, rows = self._read("read the steps", read)
         started = {row.idx: step_record(row) for row in rows}
         if not plan:
             return [started[index] for index in sorted(started)]

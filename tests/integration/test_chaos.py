@@ -20,10 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import func, make_url, select
 
-from celery_saga import SagaResult, SagaStatus, recover
+from celery_saga import SagaResult, SagaStatus, SagaStoreError, recover
+from celery_saga._runtime import get_store
+from celery_saga.store.schema import sagas
 from tests.scenarios import new_id
 from tests.support.envs import SagaEnv, broker_env, worker_process
+from tests.support.proxy import TcpProxy
 from tests.support.services import RABBITMQ_URL, REDIS_URL, require
 
 pytestmark = pytest.mark.postgres
@@ -61,7 +65,7 @@ def _plan(env: SagaEnv, rng: random.Random) -> tuple[Any, int, int | None]:
         )
         for index in range(count)
     ]
-    return env.saga(*steps, name="chaos"), count, failing
+    return env.saga(*steps, name=env.name), count, failing
 
 
 @contextmanager
@@ -98,6 +102,46 @@ def _dump(env: SagaEnv, p: Planned) -> None:
         f"steps (index, status, attempts, compensation attempts, error): {steps}\n"
         f"ledger: {ledger}"
     )
+
+
+def _wait_until_all_end(planned: list[Planned], timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        running = [p.result.id for p in planned if not p.result.status.is_terminal]
+        if not running:
+            return
+        assert time.monotonic() < deadline, f"{len(running)} sagas did not end: {running[:5]}"
+        time.sleep(0.5)
+
+
+def _check(env: SagaEnv, planned: list[Planned]) -> Counter[str]:
+    """Each saga as planned: all applied, or what applied undone once; no effect twice."""
+    by_saga: dict[str, Counter[tuple[str, str]]] = {}
+    for entry in env.ledger.entries():
+        by_saga.setdefault(entry.saga_id, Counter())[(entry.action, entry.tag)] += 1
+    figures: Counter[str] = Counter()
+    for p in planned:
+        seen = by_saga.get(p.result.id, Counter())
+        done = {tag for (action, tag) in seen if action == "do"}
+        undone = {tag for (action, tag) in seen if action == "undo"}
+        effects = [n for (action, _), n in seen.items() if action in ("do", "undo")]
+        assert all(n == 1 for n in effects), f"{p.result.id}: an effect twice: {seen}"
+        figures["step bodies re-run"] += sum(
+            n - 1 for (action, _), n in seen.items() if action == "attempt"
+        )
+        figures["compensation attempts failed and retried"] += sum(
+            n for (action, _), n in seen.items() if action == "undo-attempt"
+        ) - len(undone)
+        if p.failing is None:  # every step applied, nothing undone
+            expected = (SagaStatus.COMPLETED, set(map(str, range(p.steps))), set())
+        else:  # the steps before the failing one applied, and each undone once
+            applied = set(map(str, range(p.failing)))
+            expected = (SagaStatus.COMPENSATED, applied, applied)
+        status = p.result.status
+        if (status, done, undone) != expected:
+            _dump(env, p)
+        figures[status.value.lower()] += 1
+    return figures
 
 
 @pytest.mark.parametrize(
@@ -138,42 +182,55 @@ def test_chaos(broker: str, postgres_url: str, worker_logs: Path) -> None:
             saga, count, failing = _plan(env, rng)
             planned.append(Planned(saga.apply_async(saga_id=new_id()), count, failing))
             time.sleep(1.0 / RATE)
-        deadline = time.monotonic() + 240
-        store_statuses = {}
-        while time.monotonic() < deadline:
-            store_statuses = {p.result.id: p.result.status for p in planned}
-            if all(status.is_terminal for status in store_statuses.values()):
-                break
-            time.sleep(0.5)
+        _wait_until_all_end(planned)
         elapsed = time.monotonic() - started
-        ledger = env.ledger.entries()
+    figures = _check(env, planned)
+    assert figures["completed"] + figures["compensated"] == SAGAS
+    print(f"\nchaos on {broker}: {SAGAS} sagas, {KILLS} kill -9, {dict(figures)}, "
+          f"{sum(moved)} recoveries by the sweep, {elapsed:.1f} s")  # fmt: skip
 
-    unfinished = [i for i, s in store_statuses.items() if not s.is_terminal]
-    assert not unfinished, f"{len(unfinished)} sagas did not end: {unfinished[:5]}"
-    by_saga: dict[str, Counter[tuple[str, str]]] = {}
-    for entry in ledger:
-        by_saga.setdefault(entry.saga_id, Counter())[(entry.action, entry.tag)] += 1
-    completed = compensated = reran = undo_failures = 0
-    for p in planned:
-        seen = by_saga.get(p.result.id, Counter())
-        done = {tag for (action, tag), n in seen.items() if action == "do"}
-        undone = {tag for (action, tag), n in seen.items() if action == "undo"}
-        effects = [n for (action, _), n in seen.items() if action in ("do", "undo")]
-        assert all(n == 1 for n in effects), f"{p.result.id}: an effect twice: {seen}"
-        reran += sum(n - 1 for (action, _), n in seen.items() if action == "attempt")
-        undo_failures += sum(n for (a, _), n in seen.items() if a == "undo-attempt") - len(undone)
-        if p.failing is None:  # every step applied, nothing undone
-            expected = (SagaStatus.COMPLETED, set(map(str, range(p.steps))), set())
-            completed += 1
-        else:  # the steps before the failing one applied, and each undone once
-            applied = set(map(str, range(p.failing)))
-            expected = (SagaStatus.COMPENSATED, applied, applied)
-            compensated += 1
-        if (store_statuses[p.result.id], done, undone) != expected:
-            _dump(env, p)
-    print(
-        f"\nchaos on {broker}: {SAGAS} sagas ({completed} completed, {compensated} "
-        f"compensated), {KILLS} kill -9, {reran} step bodies re-run after a kill, "
-        f"{undo_failures} compensation attempts failed and were retried, "
-        f"{sum(moved)} recoveries by the sweep, {elapsed:.1f} s"
-    )
+
+@pytest.mark.redis
+def test_store_outage(postgres_url: str, worker_logs: Path) -> None:
+    """The store unreachable for 4 s mid-run: no saga lost or stuck, nothing half-written."""
+    require("redis")
+    queue = f"outage-{uuid.uuid4().hex[:8]}"
+    rng = random.Random(7)
+    target = make_url(postgres_url)
+    proxy = TcpProxy((target.host or "127.0.0.1", target.port or 5432))
+    store_url = target.set(host="127.0.0.1", port=proxy.port).render_as_string(False)
+    extra = {"SAGA_TEST_CONF": json.dumps(CONF)}
+    planned: list[Planned] = []
+    refused = 0
+    log = worker_logs / "outage.log"
+    with (
+        proxy.running(),
+        # the steps' own ledger stays reachable: only the saga store goes away
+        broker_env("outage", REDIS_URL, store_url, postgres_url, queue, **CONF) as env,
+        worker_process(REDIS_URL, store_url, postgres_url, queue, log, extra_env=extra),
+        _sweeper(env) as moved,
+    ):
+        for number in range(SAGAS // 3):
+            if number == SAGAS // 6:
+                proxy.cut()
+                threading.Timer(4.0, proxy.restore).start()
+            saga, count, failing = _plan(env, rng)
+            saga_id = new_id()
+            while True:  # what a caller does when the store is down: try again, same id
+                try:
+                    planned.append(Planned(saga.apply_async(saga_id=saga_id), count, failing))
+                    break
+                except SagaStoreError:
+                    refused += 1
+                    time.sleep(0.5)
+            time.sleep(1.0 / RATE)
+        _wait_until_all_end(planned)
+        figures = _check(env, planned)  # the store is reached through the proxy
+        with get_store(env.app).engine.connect() as connection:
+            stored = connection.execute(
+                select(func.count()).select_from(sagas).where(sagas.c.name == "outage")
+            ).scalar()
+    assert refused > 0  # the outage did reach the producer
+    assert stored == len(planned)  # no saga stored that the caller gave up on
+    print(f"\nstore outage: {len(planned)} sagas, {refused} starts refused, {dict(figures)}, "
+          f"{sum(moved)} recoveries by the sweep")  # fmt: skip

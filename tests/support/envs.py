@@ -36,8 +36,8 @@ class SagaEnv:
     def sig(self, task: str, *args: Any, immutable: bool = False, **kwargs: Any) -> Signature[Any]:
         return self.app.signature(f"shop.{task}", args=args, kwargs=kwargs, immutable=immutable)
 
-    def saga(self, *steps: Any, name: str = "test") -> Saga:
-        return celery_saga.saga(*steps, name=name, app=self.app)
+    def saga(self, *steps: Any, name: str = "test", deadline: float | None = None) -> Saga:
+        return celery_saga.saga(*steps, name=name, app=self.app, deadline=deadline)
 
 
 @contextmanager

@@ -11,7 +11,15 @@ from typing import Any
 
 import pytest
 
-from celery_saga import SagaCompensated, SagaNotFound, SagaResult, SagaStatus, StepStatus, recover
+from celery_saga import (
+    SagaCompensated,
+    SagaNotFound,
+    SagaResult,
+    SagaStatus,
+    SagaValidationError,
+    StepStatus,
+    recover,
+)
 from celery_saga import canvas as canvas_module
 from celery_saga import recovery as recovery_module
 from celery_saga._runtime import get_store
@@ -207,3 +215,38 @@ def test_cancel_unknown_saga(env: SagaEnv) -> None:
     """cancel() of an id the store does not know raises SagaNotFound."""
     with pytest.raises(SagaNotFound):
         SagaResult("no-such-saga", app=env.app).cancel("x")
+
+
+def test_deadline_stops_new_steps(env: SagaEnv) -> None:
+    """Past deadline=, the next step does not start and the saga is compensated."""
+    result = env.saga(
+        env.sig("act", tag="a"), env.sig("act", tag="b", sleep=0.6), env.sig("act", tag="c"),
+        deadline=0.3,
+    ).apply_async(saga_id=new_id())  # fmt: skip
+    with pytest.raises(SagaCompensated, match="it ran out of time"):
+        result.get(timeout=TIMEOUT)
+    assert env.ledger.count("do", "c", result.id) == 0
+    assert [e.tag for e in env.ledger.entries(result.id, "undo")] == ["b", "a"]
+    assert result.record is not None
+    assert result.record.error is not None
+    assert result.record.error["type"] == "celery_saga.DeadlineExceeded"
+
+
+def test_deadline_enforced_by_the_sweep(env: SagaEnv, lose_messages: Callable[[str], None]) -> None:
+    """A saga past its deadline with no message left is stopped by the sweep."""
+    lose_messages("first")
+    result = env.saga(env.sig("act", tag="a"), env.sig("act", tag="b"), deadline=0.2)
+    started = result.apply_async(saga_id=new_id())
+    _wait_for(started, 0, StepStatus.SUCCEEDED)
+    time.sleep(0.3)
+    (plan,) = recover(env.app, started.id, stalled_after=3600)
+    assert plan.action == "deadline"
+    with pytest.raises(SagaCompensated):
+        started.get(timeout=TIMEOUT)
+    assert env.ledger.count("undo", "a", started.id) == 1
+
+
+def test_bad_deadline_is_refused(env: SagaEnv) -> None:
+    """deadline= must be a positive number of seconds."""
+    with pytest.raises(SagaValidationError, match="deadline= takes seconds > 0"):
+        env.saga(env.sig("act", tag="a"), deadline=0).plan()
