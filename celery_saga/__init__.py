@@ -25,6 +25,7 @@ from .errors import (
     SagaError,
     SagaFailed,
     SagaNotFound,
+    SagaStateError,
     SagaStoreError,
     SagaValidationError,
 )
@@ -32,6 +33,7 @@ from .execution import StepContext, current_step
 from .records import SagaRecord, StepRecord
 from .recovery import Recovery, recover
 from .result import SagaResult
+from .retention import purge
 from .retry import RetryPolicy
 from .status import SagaStatus, StepStatus
 from .step import saga_step
@@ -52,6 +54,7 @@ __all__ = [
     "SagaPlan",
     "SagaRecord",
     "SagaResult",
+    "SagaStateError",
     "SagaStatus",
     "SagaStoreError",
     "SagaValidationError",
@@ -60,6 +63,7 @@ __all__ = [
     "StepStatus",
     "current_step",
     "install",
+    "purge",
     "recover",
     "saga",
     "saga_step",

@@ -8,6 +8,7 @@ from celery import Celery
 
 from .compensation import register_tasks
 from .recovery import register_recovery_task
+from .retention import add_purge_schedule, register_purge_task
 from .step import bind_steps
 
 __all__ = ["install"]
@@ -22,7 +23,8 @@ def _on_after_finalize(sender: Celery, **_: Any) -> None:
 def install(app: Celery) -> Celery:
     """Make a Celery app saga-ready; calling it again does nothing.
 
-    Registers the ``celery_saga.*`` tasks and binds every ``@saga_step`` task of the
+    Registers the ``celery_saga.*`` tasks, puts ``celery_saga.purge`` in the beat
+    schedule (retention, see ``saga_result_expires``) and binds every ``@saga_step`` task of the
     app (``@shared_task`` ones included) when the app is finalized. Call it where the
     app is created, so that workers and producers both run it.
 
@@ -33,6 +35,8 @@ def install(app: Celery) -> Celery:
     setattr(app, _INSTALLED_ATTR, True)
     register_tasks(app)
     register_recovery_task(app)
+    register_purge_task(app)
+    add_purge_schedule(app)
     app.on_after_finalize.connect(_on_after_finalize, sender=app, weak=False)
     if getattr(app, "finalized", False):
         bind_steps(app)

@@ -15,6 +15,7 @@ setting                           default                           meaning
 ``saga_redact``                   ``None``                          redactor for spans and logs
 ``saga_recovery_stall``           ``300``                           quiet seconds before recovery
 ``saga_recovery_batch``           ``500``                           sagas looked at per sweep
+``saga_result_expires``           ``604800`` (7 days)               purge finished sagas this old
 ================================= ================================= ================================
 
 ``saga_redact`` is a callable ``redact(step, field, value)`` (or its ``"module:name"``):
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from celery import Celery
@@ -63,6 +65,7 @@ class SagaConfig:
     redact: Redactor | None = None
     recovery_stall: float = 300.0
     recovery_batch: int = 500
+    result_expires: float | None = 7 * 24 * 3600.0
 
     @classmethod
     def from_conf(cls, conf: Mapping[str, Any]) -> SagaConfig:
@@ -113,7 +116,25 @@ class SagaConfig:
             redact=_redactor(conf.get("saga_redact")),
             recovery_stall=number("recovery_stall", defaults.recovery_stall, minimum=0.0),
             recovery_batch=int(number("recovery_batch", defaults.recovery_batch, minimum=1.0)),
+            result_expires=_expires(conf, defaults.result_expires),
         )
+
+
+def _expires(conf: Mapping[str, Any], default: float | None) -> float | None:
+    """``saga_result_expires``: seconds or a ``timedelta``; ``None`` or ``0``: keep forever."""
+    if "saga_result_expires" not in conf:
+        return default
+    value = conf["saga_result_expires"]
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    if value is None or value == 0:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise SagaConfigurationError(
+            f"saga_result_expires must be seconds (or a timedelta), None or 0 to keep "
+            f"finished sagas forever, got {value!r}"
+        )
+    return float(value)
 
 
 def _redactor(value: Any) -> Redactor | None:

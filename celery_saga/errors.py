@@ -27,6 +27,7 @@ __all__ = [
     "SagaError",
     "SagaFailed",
     "SagaNotFound",
+    "SagaStateError",
     "SagaStoreError",
     "SagaValidationError",
 ]
@@ -79,6 +80,17 @@ class SagaNotFound(SagaError, LookupError):
     def __init__(self, saga_id: str) -> None:
         super().__init__(f"no saga with id {saga_id!r} in the saga store")
         self.saga_id = saga_id
+
+
+class SagaStateError(SagaError):
+    """The saga's status does not allow this (e.g. resuming a completed saga)."""
+
+    code = "illegal_transition"
+
+    def __init__(self, saga_id: str, status: str, action: str, allowed: str) -> None:
+        super().__init__(f"saga {saga_id!r} is {status}: only {allowed} saga can be {action}")
+        self.saga_id = saga_id
+        self.status = status
 
 
 def _describe(error: Mapping[str, Any] | None) -> str:

@@ -1,4 +1,4 @@
-"""What an operator does to a saga: cancel it, or retry its failed compensations.
+"""What an operator does to a saga: cancel it, resume it, or retry its failed compensations.
 
 Cancelling: no new forward step starts, and what succeeded is undone.
 :meth:`SagaResult.cancel` moves a running saga to ``COMPENSATING`` with the reason as
@@ -30,7 +30,8 @@ from celery import Celery
 from ._runtime import get_store
 from .canvas import compensation_chain
 from .compensation import end_compensated_saga
-from .errors import SagaNotFound
+from .errors import SagaNotFound, SagaStateError
+from .recovery import Recovery, recover
 from .status import SagaStatus, StepStatus
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "DEADLINE_EXCEEDED",
     "cancel",
     "compensate_halted",
+    "resume",
     "retry_compensation",
     "stop_at_deadline",
 ]
@@ -87,6 +89,22 @@ def compensate_halted(app: Celery, saga_id: str) -> None:
         end_compensated_saga(app, saga_id)
     else:
         chain.apply_async()
+
+
+def resume(app: Celery, saga_id: str) -> Recovery:
+    """Drive a running or compensating saga on now, as the recovery sweep would.
+
+    Unlike the sweep it does not wait ``saga_recovery_stall``; a step whose worker
+    still holds its lease is left alone. Raises :class:`SagaStateError` for a finished
+    saga, :class:`SagaNotFound` for an unknown id.
+    """
+    saga = get_store(app).get_saga(saga_id)
+    if saga is None:
+        raise SagaNotFound(saga_id)
+    if saga.status.is_terminal:
+        raise SagaStateError(saga_id, saga.status.value, "resumed", "a RUNNING or COMPENSATING")
+    (plan,) = recover(app, saga_id, stalled_after=0)
+    return plan
 
 
 def retry_compensation(app: Celery, saga_id: str) -> list[int]:

@@ -22,7 +22,10 @@ class StepRecord:
     """One step of a saga as stored: what ran, how it went, and how it was undone.
 
     Timestamps are timezone-aware UTC. ``error`` and ``compensation_error`` are
-    ``{"type", "message", "traceback"}`` mappings. ``lease_expires_at`` is when the
+    ``{"type", "message", "traceback"}`` mappings: the last ones. ``attempt_errors``
+    holds every failed attempt, forward and compensation, oldest first (the newest 50):
+    ``{"phase": "step" | "compensation", "attempt", "type", "message", "at"}`` and
+    ``"retryable"`` where a retry policy decided. ``lease_expires_at`` is when the
     owner of a running step or compensation loses it unless it finishes first (for a
     step given back to retry: when the retry is due). What a step has not done yet is
     empty (zero or None): a step that has not started is only its place in the plan and
@@ -49,6 +52,7 @@ class StepRecord:
     compensation_started_at: datetime | None = None
     compensation_finished_at: datetime | None = None
     lease_expires_at: datetime | None = None
+    attempt_errors: tuple[dict[str, Any], ...] = ()
 
     @property
     def duration(self) -> float | None:

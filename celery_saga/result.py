@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery import Celery
 from celery.app import app_or_default
@@ -14,6 +14,9 @@ from .config import get_config
 from .errors import SagaCompensated, SagaError, SagaFailed, SagaNotFound
 from .records import SagaRecord, StepRecord
 from .status import SagaStatus, StepStatus
+
+if TYPE_CHECKING:
+    from .recovery import Recovery
 
 __all__ = ["SagaResult"]
 
@@ -92,6 +95,19 @@ class SagaResult:
         from .operations import retry_compensation  # late: it needs the canvas
 
         return retry_compensation(self.app, self.id)
+
+    def resume(self) -> Recovery:
+        """Drive the saga on now from the store (a stuck one: its messages were lost).
+
+        What the recovery sweep would do, without waiting for ``saga_recovery_stall``:
+        sends the next step, or the compensations still to do. Raises
+        :class:`~celery_saga.SagaStateError` if the saga has finished.
+
+        .. versionadded:: 0.1
+        """
+        from .operations import resume  # late: it needs the canvas
+
+        return resume(self.app, self.id)
 
     def ready(self) -> bool:
         """True once the saga is terminal (completed, compensated or failed)."""

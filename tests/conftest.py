@@ -14,6 +14,9 @@ from tests.support.services import (
     scratch_database,
 )
 
+# The shared scenarios are a helper module: have pytest explain their failed asserts too.
+pytest.register_assert_rewrite("tests.scenarios")
+
 
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:

@@ -218,6 +218,9 @@ class SagaScenarios:
         assert step.attempts == 3
         assert step.error is not None
         assert (step.error["attempt"], step.error["retryable"]) == (3, True)
+        assert [(e["phase"], e["attempt"], e["retryable"]) for e in step.attempt_errors] == [
+            ("step", 1, True), ("step", 2, True), ("step", 3, True)
+        ]  # fmt: skip
         assert env.ledger.count("do", "r", result.id) == 3
         assert env.ledger.count("undo", "a", result.id) == 1
 
@@ -311,7 +314,10 @@ class SagaScenarios:
         ).apply_async(saga_id=new_id())
         with pytest.raises(SagaFailed):
             result.get(timeout=TIMEOUT)
-        assert result.steps[0].status is StepStatus.COMPENSATION_FAILED
+        first = result.steps[0]
+        assert first.status is StepStatus.COMPENSATION_FAILED
+        assert [e["phase"] for e in first.attempt_errors] == ["compensation"] * 3
+        assert [e["attempt"] for e in first.attempt_errors] == [1, 2, 3]
         assert result.retry_compensation() == [0]
         with pytest.raises(SagaCompensated):
             result.get(timeout=TIMEOUT)

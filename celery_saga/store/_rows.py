@@ -44,6 +44,7 @@ def step_record(row: Row[Any]) -> StepRecord:
         compensation_started_at=_aware(m["compensation_started_at"]),
         compensation_finished_at=_aware(m["compensation_finished_at"]),
         lease_expires_at=_aware(m["lease_expires_at"]),
+        attempt_errors=tuple(m["attempt_errors"] or ()),
     )
 
 

@@ -89,6 +89,7 @@ FAIL_STEP = (
     .values(
         status=bindparam("p_step_status", type_=String),
         error=bindparam("p_error", type_=_c.error.type),
+        attempt_errors=bindparam("p_attempt_errors", type_=_c.attempt_errors.type),
         finished_at=bindparam("p_now"),
         lease_expires_at=None,
     )
@@ -110,6 +111,7 @@ RELEASE_STEP = (
     .values(
         status=StepStatus.PENDING,
         error=bindparam("p_error", type_=_c.error.type),
+        attempt_errors=bindparam("p_attempt_errors", type_=_c.attempt_errors.type),
         # when its retry is due: the recovery sweep leaves it alone until then
         lease_expires_at=bindparam("p_retry_at", type_=_c.lease_expires_at.type),
     )

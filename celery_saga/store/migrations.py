@@ -97,8 +97,21 @@ def _v1_initial(op: Operations) -> None:
     )
 
 
+def _v2_attempt_errors(op: Operations) -> None:
+    op.add_column(
+        "celery_saga_steps",
+        Column(
+            "attempt_errors",
+            json_type(),
+            nullable=True,
+            comment="every failed attempt, step and compensation, oldest first",
+        ),
+    )
+    op.create_index("ix_celery_sagas_finished", "celery_sagas", ["finished_at"])
+
+
 #: Migration ``n`` (1-based) brings the schema from version ``n - 1`` to ``n``.
-MIGRATIONS: tuple[Callable[[Operations], None], ...] = (_v1_initial,)
+MIGRATIONS: tuple[Callable[[Operations], None], ...] = (_v1_initial, _v2_attempt_errors)
 
 assert len(MIGRATIONS) == SCHEMA_VERSION, "every schema version needs its migration"
 

@@ -25,7 +25,7 @@ from sqlalchemy.types import TypeEngine
 __all__ = ["SCHEMA_VERSION", "metadata", "saga_schema", "saga_steps", "sagas"]
 
 #: The version :func:`celery_saga.store.migrations.upgrade` brings a database to.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 ID_LENGTH = 255
 NAME_LENGTH = 255
@@ -69,6 +69,7 @@ sagas = Table(
     Index("ix_celery_sagas_status_created", "status", "created_at"),
     Index("ix_celery_sagas_created", "created_at"),
     Index("ix_celery_sagas_name_created", "name", "created_at"),
+    Index("ix_celery_sagas_finished", "finished_at"),
     comment="one row per saga",
 )
 
@@ -99,6 +100,12 @@ saga_steps = Table(
     Column("compensation_error", json_type(), nullable=True, comment="last compensation error"),
     Column("compensation_started_at", timestamp_type(), nullable=True, comment="(UTC)"),
     Column("compensation_finished_at", timestamp_type(), nullable=True, comment="(UTC)"),
+    Column(
+        "attempt_errors",
+        json_type(),
+        nullable=True,
+        comment="every failed attempt, step and compensation, oldest first",
+    ),
     comment="one row per step of a saga",
 )
 

@@ -26,10 +26,11 @@ import enum
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from sqlalchemy import (
+    ColumnElement,
     Connection,
     Engine,
     Row,
@@ -44,7 +45,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
-from ..errors import SagaStoreError
+from ..errors import SagaStoreError, SagaValidationError
 from ..records import SagaRecord, StepRecord
 from ..status import SagaStatus, StepStatus
 from . import migrations
@@ -76,6 +77,43 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+
+#: The most entries ``attempt_errors`` keeps on a step (the newest).
+MAX_ATTEMPT_ERRORS = 50
+
+
+def _attempt_errors(
+    connection: Connection,
+    saga_id: str,
+    index: int,
+    token: str,
+    phase: str,
+    error: Mapping[str, Any],
+    now: datetime,
+) -> list[dict[str, Any]]:
+    """The step's ``attempt_errors`` with this attempt's error appended.
+
+    Read inside the write that stores it, by the claim's owner (the only writer).
+    """
+    c = saga_steps.c
+    attempts = c.attempts if phase == "step" else c.compensation_attempts
+    row = connection.execute(
+        select(c.attempt_errors, attempts).where(
+            c.saga_id == saga_id, c.idx == index, c.claim == token
+        )
+    ).first()
+    entry = {
+        "phase": phase,
+        "attempt": None if row is None else row[1],
+        "type": error.get("type"),
+        "message": error.get("message"),
+        "at": now.replace(tzinfo=UTC).isoformat(),
+    }
+    if "retryable" in error:
+        entry["retryable"] = error["retryable"]
+    earlier = [] if row is None or not row[0] else list(row[0])
+    return [*earlier, entry][-MAX_ATTEMPT_ERRORS:]
 
 
 class ClaimOutcome(enum.Enum):
@@ -156,6 +194,18 @@ class SagaStore:
         with self._errors("create the saga tables"):
             migrations.upgrade(self.engine)
         self._schema_ready = True
+
+    def schema_version(self) -> int:
+        """The schema version of the store's tables (0: none yet); changes nothing."""
+        with self._errors("read the schema version"), self.engine.connect() as connection:
+            return migrations.current_version(connection)
+
+    def upgrade_schema(self) -> tuple[int, int]:
+        """Create or upgrade the tables; ``(version before, version after)``."""
+        with self._errors("upgrade the schema"):
+            versions = migrations.upgrade(self.engine)
+        self._schema_ready = True
+        return versions
 
     @contextmanager
     def _errors(self, doing: str) -> Iterator[None]:
@@ -369,6 +419,9 @@ class SagaStore:
             "p_finished": now if saga_status.is_terminal else None,
         }
         with self._write("record the step's failure") as connection:
+            params["p_attempt_errors"] = _attempt_errors(
+                connection, saga_id, index, token, "step", error, now
+            )
             if connection.execute(FAIL_STEP, params).rowcount != 1:
                 connection.rollback()
                 return False
@@ -384,11 +437,16 @@ class SagaStore:
         retry_at: datetime | None = None,
     ) -> None:
         """Give a claimed step back (it will be retried, due at ``retry_at``, or redelivered)."""
-        params = {
+        params: dict[str, Any] = {
             "p_saga": saga_id, "p_index": index, "p_token": token, "p_error": error,
             "p_retry_at": None if retry_at is None else retry_at.replace(tzinfo=None),
+            "p_attempt_errors": None,
         }  # fmt: skip
-        with self._write_one("release the step") as connection:
+        with self._write("release the step") as connection:
+            if error is not None:
+                params["p_attempt_errors"] = _attempt_errors(
+                    connection, saga_id, index, token, "step", error, utcnow()
+                )
             connection.execute(RELEASE_STEP, params)
 
     # -- compensations ------------------------------------------------------------
@@ -473,7 +531,11 @@ class SagaStore:
             }
         else:  # keep it COMPENSATING with a lapsed lease, so the retry can claim it
             values = {"compensation_error": dict(error), "lease_expires_at": now}
-        with self._write_one("record the compensation") as connection:
+        with self._write("record the compensation") as connection:
+            if error is not None:
+                values["attempt_errors"] = _attempt_errors(
+                    connection, saga_id, index, token, "compensation", error, now
+                )
             return (
                 connection.execute(
                     update(saga_steps)
@@ -574,6 +636,78 @@ class SagaStore:
         )
         rows = self._read("find unfinished sagas", lambda c: c.execute(query).all())
         return [saga_record(row) for row in rows]
+
+    def list_sagas(
+        self,
+        *,
+        statuses: Sequence[SagaStatus] = (),
+        name: str | None = None,
+        created_before: datetime | None = None,
+        created_after: datetime | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[SagaRecord]:
+        """Sagas matching the filters, newest first, one page of at most ``limit``."""
+        conditions: list[ColumnElement[bool]] = []
+        if statuses:
+            conditions.append(sagas.c.status.in_([SagaStatus(s).value for s in statuses]))
+        if name is not None:
+            conditions.append(sagas.c.name == name)
+        if created_before is not None:
+            conditions.append(sagas.c.created_at < created_before.replace(tzinfo=None))
+        if created_after is not None:
+            conditions.append(sagas.c.created_at >= created_after.replace(tzinfo=None))
+        query = (
+            select(sagas)
+            .where(*conditions)
+            .order_by(sagas.c.created_at.desc(), sagas.c.id.desc())
+            .limit(limit)
+            .offset(offset)
+        )
+        rows = self._read("list sagas", lambda c: c.execute(query).all())
+        return [saga_record(row) for row in rows]
+
+    def purge_sagas(
+        self,
+        finished_before: datetime,
+        statuses: Sequence[SagaStatus] = (SagaStatus.COMPLETED, SagaStatus.COMPENSATED),
+        *,
+        dry_run: bool = False,
+        batch: int = 2000,
+    ) -> int:
+        """Delete finished sagas (and their steps) that ended before ``finished_before``.
+
+        Only terminal ``statuses`` may be given: a running or compensating saga is never
+        touched. Deletes in batches of ``batch`` sagas, each its own transaction, so a
+        large purge neither holds long locks nor is lost as a whole on an error.
+        ``dry_run`` only counts. Returns how many sagas were (or would be) deleted.
+        """
+        wanted = [SagaStatus(status) for status in statuses]
+        for status in wanted:
+            if not status.is_terminal:
+                raise SagaValidationError(
+                    f"purge deletes finished sagas only; {status.value} is not finished"
+                )
+        if not wanted:
+            return 0
+        due = and_(
+            sagas.c.status.in_([status.value for status in wanted]),
+            sagas.c.finished_at < finished_before.replace(tzinfo=None),
+        )
+        if dry_run:
+            count = select(func.count()).select_from(sagas).where(due)
+            return int(self._read("count sagas to purge", lambda c: c.execute(count).scalar_one()))
+        deleted = 0
+        while True:
+            with self._write("purge sagas") as connection:
+                ids = connection.execute(select(sagas.c.id).where(due).limit(batch)).scalars()
+                chosen = list(ids)
+                if not chosen:
+                    return deleted
+                connection.execute(delete(saga_steps).where(saga_steps.c.saga_id.in_(chosen)))
+                deleted += connection.execute(
+                    delete(sagas).where(sagas.c.id.in_(chosen), due)
+                ).rowcount
 
     def get_status(self, saga_id: str) -> SagaStatus | None:
         """Only the saga's status (what ``SagaResult.get`` polls)."""

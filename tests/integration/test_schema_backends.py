@@ -6,7 +6,7 @@ import pytest
 
 from celery_saga.store import make_engine
 from tests.support.services import MYSQL_ADMIN_URL, POSTGRES_ADMIN_URL, require, scratch_database
-from tests.unit.test_schema import assert_no_drift
+from tests.unit.test_schema import assert_no_drift, assert_upgrade_keeps_data
 
 
 @pytest.mark.parametrize(
@@ -17,9 +17,13 @@ from tests.unit.test_schema import assert_no_drift
     ],
 )
 def test_schema_matches_migrations(service: str, admin_url: str, dialect: str) -> None:
-    """On each server database the migrated schema equals the table definitions."""
+    """On each server database the migrated schema equals the definitions; v1 data upgrades."""
     require(service)
     with scratch_database(admin_url, dialect) as url:
         engine = make_engine(url)
         assert_no_drift(engine)
+        engine.dispose()
+    with scratch_database(admin_url, dialect) as url:
+        engine = make_engine(url)
+        assert_upgrade_keeps_data(engine)
         engine.dispose()

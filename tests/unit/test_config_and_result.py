@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 
 import pytest
 from celery import Celery
@@ -35,12 +36,23 @@ def test_settings_are_read_once(app: Celery) -> None:
         ("saga_max_result_bytes", True, "must be a number"),
         ("saga_redact", "no_such_module:redact", "saga_redact: cannot import"),
         ("saga_redact", 42, "must be a callable redact"),
+        ("saga_result_expires", "7d", "saga_result_expires must be seconds"),
+        ("saga_result_expires", -1, "saga_result_expires must be seconds"),
     ],
 )
 def test_bad_settings_are_refused(key: str, value: object, message: str) -> None:
     """A mistyped saga_* setting fails with the setting's name."""
     with pytest.raises(SagaConfigurationError, match=message):
         SagaConfig.from_conf({key: value})
+
+
+def test_result_expires_forms() -> None:
+    """saga_result_expires: 7 days by default; seconds or a timedelta; None or 0 keeps all."""
+    assert SagaConfig.from_conf({}).result_expires == 7 * 86400
+    assert SagaConfig.from_conf({"saga_result_expires": timedelta(hours=1)}).result_expires == 3600
+    assert SagaConfig.from_conf({"saga_result_expires": 60}).result_expires == 60
+    assert SagaConfig.from_conf({"saga_result_expires": None}).result_expires is None
+    assert SagaConfig.from_conf({"saga_result_expires": 0}).result_expires is None
 
 
 def test_redactor_by_name() -> None:

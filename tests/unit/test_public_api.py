@@ -20,6 +20,7 @@ EXPECTED = [
     "SagaPlan",
     "SagaRecord",
     "SagaResult",
+    "SagaStateError",
     "SagaStatus",
     "SagaStoreError",
     "SagaValidationError",
@@ -28,6 +29,7 @@ EXPECTED = [
     "StepStatus",
     "current_step",
     "install",
+    "purge",
     "recover",
     "saga",
     "saga_step",
@@ -55,7 +57,7 @@ def test_errors_form_one_tree() -> None:
     """Every celery_saga exception derives from SagaError and has a code."""
     errors = [getattr(celery_saga, n) for n in celery_saga.__all__ if n.startswith("Saga")]
     errors = [e for e in errors if isinstance(e, type) and issubclass(e, Exception)]
-    assert len(errors) == 8
+    assert len(errors) == 9
     for error in errors:
         assert issubclass(error, celery_saga.SagaError)
         assert isinstance(error.code, str)
