@@ -128,8 +128,10 @@ def _operation(function: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _json_option(function: F) -> F:
-    return click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(function)
+def _handles(function: F) -> F:
+    """What every command has: ``--json``, the click context, saga errors as one line."""
+    with_json = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+    return with_json(click.pass_context(_operation(function)))  # type: ignore[return-value]
 
 
 @click.group(name="saga")
@@ -144,9 +146,7 @@ def saga() -> None:
 @click.option("--newer-than", type=DURATION, help="Started within this (30m).")
 @click.option("--limit", type=click.IntRange(1, 10000), default=50, show_default=True)
 @click.option("--page", type=click.IntRange(1), default=1, show_default=True)
-@_json_option
-@click.pass_context
-@_operation
+@_handles
 def list_(
     ctx: click.Context,
     statuses: Sequence[str],
@@ -196,9 +196,7 @@ def _saga_summary(record: SagaRecord) -> dict[str, Any]:
 
 @saga.command()
 @click.argument("saga_id")
-@_json_option
-@click.pass_context
-@_operation
+@_handles
 def show(ctx: click.Context, saga_id: str, as_json: bool) -> None:
     """One saga: its steps and their compensations, with results and errors."""
     store = get_store(_app(ctx))
@@ -300,9 +298,7 @@ def _need(app: Celery, saga_id: str, allowed: tuple[SagaStatus, ...], action: st
 @saga.command(name="cancel")
 @click.argument("saga_id")
 @click.option("--reason", default="cancelled from the command line", show_default=True)
-@_json_option
-@click.pass_context
-@_operation
+@_handles
 def cancel_(ctx: click.Context, saga_id: str, reason: str, as_json: bool) -> None:
     """Stop a running saga: no new step starts; what succeeded is undone."""
     app = _app(ctx)
@@ -316,9 +312,7 @@ def cancel_(ctx: click.Context, saga_id: str, reason: str, as_json: bool) -> Non
 
 @saga.command(name="resume")
 @click.argument("saga_id")
-@_json_option
-@click.pass_context
-@_operation
+@_handles
 def resume_(ctx: click.Context, saga_id: str, as_json: bool) -> None:
     """Drive a stuck saga on now from the store (next step, or its compensations)."""
     plan = resume(_app(ctx), saga_id)
@@ -330,9 +324,7 @@ def resume_(ctx: click.Context, saga_id: str, as_json: bool) -> None:
 
 @saga.command(name="retry-compensation")
 @click.argument("saga_id")
-@_json_option
-@click.pass_context
-@_operation
+@_handles
 def retry_compensation_(ctx: click.Context, saga_id: str, as_json: bool) -> None:
     """Run again the compensations of a FAILED saga that gave up."""
     app = _app(ctx)
@@ -347,9 +339,7 @@ def retry_compensation_(ctx: click.Context, saga_id: str, as_json: bool) -> None
 @saga.command(name="recover")
 @click.option("--dry-run", is_flag=True, help="Say what it would do; do nothing.")
 @click.option("--stalled-after", type=DURATION, help="Override saga_recovery_stall.")
-@_json_option
-@click.pass_context
-@_operation
+@_handles
 def recover_(
     ctx: click.Context, dry_run: bool, stalled_after: timedelta | None, as_json: bool
 ) -> None:
@@ -382,9 +372,7 @@ def _recovery_line(saga_id: str, action: str, steps: Sequence[int], reason: str)
     help="Which finished sagas (default: COMPLETED and COMPENSATED).",
 )
 @click.option("--dry-run", is_flag=True, help="Count only; delete nothing.")
-@_json_option
-@click.pass_context
-@_operation
+@_handles
 def purge_(
     ctx: click.Context,
     older_than: timedelta,
@@ -410,9 +398,7 @@ def db() -> None:
 
 
 @db.command(name="current")
-@_json_option
-@click.pass_context
-@_operation
+@_handles
 def db_current(ctx: click.Context, as_json: bool) -> None:
     """The schema version of the store, and the latest this version of celery_saga has."""
     store = get_store(_app(ctx))
@@ -427,9 +413,7 @@ def db_current(ctx: click.Context, as_json: bool) -> None:
 
 
 @db.command(name="upgrade")
-@_json_option
-@click.pass_context
-@_operation
+@_handles
 def db_upgrade(ctx: click.Context, as_json: bool) -> None:
     """Create or upgrade the saga tables (for deployments that run DDL separately)."""
     store = get_store(_app(ctx))
