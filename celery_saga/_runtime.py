@@ -7,10 +7,10 @@ import threading
 
 from celery import Celery
 
-from .config import get_config
+from .config import clear_config, get_config
 from .store import SagaStore
 
-__all__ = ["get_store"]
+__all__ = ["get_store", "reset"]
 
 _STORE_ATTR = "_celery_saga_store"
 _lock = threading.Lock()
@@ -42,3 +42,12 @@ def get_store(app: Celery) -> SagaStore:
         )
         setattr(app, _STORE_ATTR, (pid, store))
         return store
+
+
+def reset(app: Celery) -> None:
+    """Close and forget the app's store and config: the next use reads ``app.conf`` again."""
+    with _lock:
+        entry = app.__dict__.pop(_STORE_ATTR, None)
+        clear_config(app)
+    if entry is not None:
+        entry[1].dispose(close=entry[0] == os.getpid())

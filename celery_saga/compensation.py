@@ -20,7 +20,7 @@ from celery import Celery, Task
 from celery.exceptions import Ignore
 from celery.utils.log import get_task_logger
 
-from . import _observe, signals
+from . import _faults, _observe, signals
 from ._errors import describe_error
 from ._runtime import get_store
 from .config import get_config
@@ -66,14 +66,18 @@ def _compensate(
                              step_name=step.name, attempt=claim.attempt,
                              compensate=step.compensate, **fields)  # fmt: skip
 
-        begun = event()
-        signals.compensation_started.send(sender=sender, event=begun)
-        started = time.monotonic()
         context = StepContext(saga_id=saga_id, saga_name=name, step_index=index,
                               step_name=step.name, attempt=claim.attempt,
                               compensating=True)  # fmt: skip
+        inject = _faults.injector(app)
+        names = (step.name, step.compensate)
+        inject("claimed", context, names)
+        begun = event()
+        signals.compensation_started.send(sender=sender, event=begun)
+        started = time.monotonic()
         try:
             with _observe.compensation(app, begun, step), running(context):
+                inject("body", context, names)
                 compensation = app.tasks.get(step.compensate)
                 if compensation is None:
                     raise SagaConfigurationError(
@@ -104,6 +108,7 @@ def _compensate(
             logger.error("saga %s: compensation of step %d gave up: %s: %s",
                          saga_id, index, error["type"], message)  # fmt: skip
         else:
+            inject("done", context, names)
             try:
                 store.finish_compensation(saga_id, index, token)
             except SagaStoreError as exc:

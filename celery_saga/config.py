@@ -37,7 +37,7 @@ from celery.utils.imports import symbol_by_name
 
 from .errors import SagaConfigurationError
 
-__all__ = ["DEFAULT_STORE_URL", "Redactor", "SagaConfig", "get_config"]
+__all__ = ["DEFAULT_STORE_URL", "Redactor", "SagaConfig", "clear_config", "get_config"]
 
 #: ``redact(step, field, value) -> value``: see ``saga_redact``.
 Redactor = Callable[[str, str, Any], Any]
@@ -162,3 +162,8 @@ def get_config(app: Celery) -> SagaConfig:
         config = SagaConfig.from_conf(app.conf)
         setattr(app, _CACHE_ATTR, config)
     return config
+
+
+def clear_config(app: Celery) -> None:
+    """Forget the app's saga config: the next :func:`get_config` reads ``app.conf`` again."""
+    app.__dict__.pop(_CACHE_ATTR, None)

@@ -22,7 +22,7 @@ from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded
 from celery.utils.log import get_task_logger
 from kombu.utils.json import dumps as json_dumps
 
-from . import _observe, signals
+from . import _faults, _observe, signals
 from ._errors import describe_error
 from ._runtime import get_store
 from .config import get_config
@@ -190,11 +190,15 @@ def run_step(
         step_name=task.name,
         attempt=claim.attempt,
     )
+    inject = _faults.injector(task.app)
+    names = (task.name,)
+    inject("claimed", context, names)
     begun = event(attempt=claim.attempt)
     signals.step_started.send(sender=task.name, event=begun)
     started = time.monotonic()
     try:
         with _observe.step(task.app, begun, args, kwargs) as scope, running(context):
+            inject("body", context, names)
             result = original(*args, **kwargs)
             scope.set_result(result)
             encoded = _encode_result(result, config.max_result_bytes, task.name)
@@ -261,6 +265,7 @@ def run_step(
                                                 error, index))  # fmt: skip
         raise
 
+    inject("done", context, names)
     last = index == header["n"] - 1
     try:
         completion = store.complete_step(saga_id, index, token, encoded, last=last)

@@ -14,6 +14,9 @@ from tests.support.services import (
     scratch_database,
 )
 
+# A user's project of its own, run in a subprocess by tests/unit/test_pytest_plugin.py.
+collect_ignore = ["sample_project"]
+
 # The shared scenarios are a helper module: have pytest explain their failed asserts too.
 pytest.register_assert_rewrite("tests.scenarios")
 

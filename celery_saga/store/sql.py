@@ -615,6 +615,27 @@ class SagaStore:
             )
         return ended.rowcount == 1
 
+    def expire_leases(self, saga_id: str | None = None) -> int:
+        """End the leases of running steps and compensations now, as if their owners died.
+
+        For tests (:meth:`celery_saga.testing.Faults.recover`): a live owner keeps
+        running but can no longer record anything once another delivery claims its step.
+        Returns how many claims it ended.
+        """
+        c = saga_steps.c
+        now = utcnow()
+        where = [
+            c.status.in_([StepStatus.RUNNING, StepStatus.COMPENSATING]),
+            c.lease_expires_at > now,
+        ]
+        if saga_id is not None:
+            where.append(c.saga_id == saga_id)
+        with self._write_one("expire the leases") as connection:
+            expired = connection.execute(
+                update(saga_steps).where(*where).values(lease_expires_at=now)
+            )
+        return expired.rowcount
+
     # -- reading ------------------------------------------------------------------
 
     def get_saga(self, saga_id: str) -> SagaRecord | None:

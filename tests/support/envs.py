@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery, Signature
-from celery.contrib.testing.worker import start_worker
 
 import celery_saga
 from celery_saga import Saga
+from celery_saga.testing import worker
 
 from .app import Ledger, make_app
 
@@ -43,12 +43,8 @@ class SagaEnv:
 @contextmanager
 def thread_env(name: str, store_url: str, ledger_url: str, **conf: Any) -> Iterator[SagaEnv]:
     """``memory://`` broker and a real Celery worker in a thread (threads pool, 4 wide)."""
-    import celery.contrib.testing.tasks  # noqa: F401  (start_worker wants celery.ping)
-
     app = make_app("memory://", store_url, ledger_url, **conf)
-    with start_worker(
-        app, pool="threads", concurrency=4, perform_ping_check=False, loglevel="WARNING"
-    ):
+    with worker(app):
         yield SagaEnv(name, app, app.ledger)  # type: ignore[attr-defined]
 
 

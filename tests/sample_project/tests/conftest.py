@@ -1,0 +1,19 @@
+"""Run the shop's own app on celery_saga's test settings (memory://, a SQLite store)."""
+
+import pytest
+from celery_saga.testing import configured
+
+from shop.celery import app
+from shop.services import gateway, warehouse
+
+
+@pytest.fixture
+def saga_app(saga_settings):
+    with configured(app, saga_settings):
+        yield app
+
+
+@pytest.fixture(autouse=True)
+def services():
+    gateway.__init__()
+    warehouse.__init__()
