@@ -9,7 +9,7 @@ from pathlib import Path
 from .envs import ROOT
 
 SAMPLE_PROJECT = ROOT / "tests" / "sample_project"
-SAMPLE_TESTS = 7
+SAMPLE_TESTS = 9
 
 
 def run_sample_project(python: str | Path, *pytest_args: str) -> str:

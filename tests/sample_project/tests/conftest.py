@@ -7,10 +7,14 @@ from shop.celery import app
 from shop.services import gateway, warehouse
 
 
+# --8<-- [start:saga_app]
 @pytest.fixture
 def saga_app(saga_settings):
     with configured(app, saga_settings):
         yield app
+
+
+# --8<-- [end:saga_app]
 
 
 @pytest.fixture(autouse=True)

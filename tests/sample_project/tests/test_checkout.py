@@ -15,6 +15,7 @@ def test_checkout_completes(saga_worker):
     assert warehouse.reserved == {"book": 1}
 
 
+# --8<-- [start:retry]
 def test_carrier_hiccups_are_retried(saga_worker, saga_faults):
     """Two failed calls to the carrier are retried and the checkout still completes."""
     hiccup = saga_faults.fail(ship_order, times=2, error=CarrierUnavailable)
@@ -26,6 +27,10 @@ def test_carrier_hiccups_are_retried(saga_worker, saga_faults):
     assert result.steps[2].attempts == 3
 
 
+# --8<-- [end:retry]
+
+
+# --8<-- [start:compensated]
 def test_failed_shipment_refunds_and_releases(saga_worker, saga_faults, saga_events):
     """When shipping fails for good, the card is refunded and the stock released, in that order."""
     saga_faults.fail(ship_order, error=ValueError("no such address"))
@@ -47,6 +52,9 @@ def test_failed_shipment_refunds_and_releases(saga_worker, saga_faults, saga_eve
     assert undone == ["shop.tasks.charge_card", "shop.tasks.reserve_stock"]
 
 
+# --8<-- [end:compensated]
+
+
 def test_a_refund_that_fails_is_retried(saga_worker, saga_faults):
     """A refund that fails twice is retried until it goes through."""
     saga_faults.fail(ship_order, error=ValueError("no such address"))
@@ -60,6 +68,7 @@ def test_a_refund_that_fails_is_retried(saga_worker, saga_faults):
     assert gateway.balance("o-4") == 0
 
 
+# --8<-- [start:failed]
 def test_a_refund_that_never_works_needs_a_person(saga_worker, saga_faults):
     """A refund that keeps failing leaves the saga FAILED; once fixed, retrying it refunds."""
     saga_faults.fail(ship_order, error=ValueError("no such address"))
@@ -75,6 +84,10 @@ def test_a_refund_that_never_works_needs_a_person(saga_worker, saga_faults):
     assert gateway.balance("o-5") == 0
 
 
+# --8<-- [end:failed]
+
+
+# --8<-- [start:crash]
 def test_worker_lost_after_charging_does_not_charge_twice(saga_worker, saga_faults):
     """A worker lost after charging stalls the saga; recovery charges again under the same key."""
     crash = saga_faults.crash(charge_card, at="after")
@@ -91,6 +104,9 @@ def test_worker_lost_after_charging_does_not_charge_twice(saga_worker, saga_faul
     assert gateway.balance("o-6") == 30
 
 
+# --8<-- [end:crash]
+
+
 def test_worker_lost_while_refunding(saga_worker, saga_faults):
     """A worker lost before refunding leaves the saga compensating; recovery finishes it."""
     saga_faults.fail(ship_order, error=ValueError("no such address"))
@@ -105,3 +121,24 @@ def test_worker_lost_while_refunding(saga_worker, saga_faults):
     assert isinstance(result.get(timeout=10, propagate=False), SagaCompensated)
     assert gateway.balance("o-7") == 0
     assert warehouse.reserved == {}
+
+
+# --8<-- [start:events]
+def test_events_of_a_checkout(saga_worker, saga_events):
+    """A completed checkout sends the saga's start, each step's start and success, its end."""
+    result = checkout("o-8", "book", 30).apply_async()
+
+    saga_events.wait_for("saga_completed", saga_id=result.id)
+    assert saga_events.names(result.id) == [
+        "saga_started",
+        "step_started", "step_succeeded",
+        "step_started", "step_succeeded",
+        "step_started", "step_succeeded",
+        "saga_completed",
+    ]  # fmt: skip
+    charged = saga_events.of("step_succeeded", result.id)[1]
+    assert charged.step_name == "shop.tasks.charge_card"
+    assert charged.attempt == 1
+
+
+# --8<-- [end:events]
