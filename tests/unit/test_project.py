@@ -62,3 +62,14 @@ def test_missing_service_fails_in_ci(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CI", "true")
     with pytest.raises(pytest.fail.Exception, match="CI=true requires every service"):
         services.require("redis")
+
+
+def test_every_setting_is_in_the_configuration_reference() -> None:
+    """docs/configuration.md has a row for every saga_* setting SagaConfig reads."""
+    from dataclasses import fields
+
+    from celery_saga import SagaConfig
+
+    reference = (ROOT / "docs" / "configuration.md").read_text()
+    documented = set(re.findall(r"^\| `(saga_\w+)` \|", reference, flags=re.M))
+    assert documented == {f"saga_{field.name}" for field in fields(SagaConfig)}
