@@ -1,9 +1,9 @@
 """A Griffe extension: the Sphinx markup of celery_saga's docstrings, as Markdown.
 
 The docstrings are written for ``help()`` and Sphinx-minded readers (``:class:`...```,
-``.. code-block::``, ``.. versionadded::``); mkdocstrings renders Markdown. This turns
-roles into code spans, code-block directives into fenced blocks, and versionadded into
-a line of text, when the API reference is built.
+``.. code-block::``, ``text::`` literal blocks, ``.. versionadded::``); mkdocstrings
+renders Markdown. This turns roles into code spans, code blocks into fenced blocks, and
+versionadded into a line of text, when the API reference is built.
 """
 
 from __future__ import annotations
@@ -37,10 +37,14 @@ def to_markdown(text: str) -> str:
         line = lines[i]
         block = _CODE_BLOCK.match(line)
         version = _VERSION_ADDED.match(line)
+        literal = line.rstrip().endswith("::") and not line.lstrip().startswith("..")
         if version:
             out.append(f"{version['indent']}*New in version {version['version']}.*")
-        elif block:
-            indent = block["indent"]
+        elif block or literal:
+            if literal:  # "text::" then an indented block: the text, a colon, the code
+                out += [_ROLE.sub(_role, line.rstrip()[:-1]), ""]
+            indent = block["indent"] if block else line[: _indent(line)]
+            lang = block["lang"] if block else "python"
             body: list[str] = []
             i += 1
             while i < len(lines) and (not lines[i].strip() or _indent(lines[i]) > len(indent)):
@@ -49,7 +53,7 @@ def to_markdown(text: str) -> str:
             while body and not body[-1].strip():
                 body.pop()
             code = textwrap.dedent("\n".join(body)).strip("\n")
-            out += [f"{indent}```{block['lang']}"]
+            out += [f"{indent}```{lang}"]
             out += [f"{indent}{code_line}" if code_line else "" for code_line in code.splitlines()]
             out += [f"{indent}```", ""]
             continue
