@@ -6,13 +6,12 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support.envs import ROOT
+from tests.support.envs import ROOT, wait_ready
 from tests.support.markdown import Block, code_blocks
 from tests.support.services import require
 
@@ -22,14 +21,6 @@ QUICKSTART = ROOT / "docs" / "quickstart.md"
 _NOT_COPIED = shutil.ignore_patterns(
     ".git", ".venv", "site", "build", "*.egg-info", "__pycache__", "*_cache", "*.sqlite3*"
 )
-
-
-def _wait_ready(process: subprocess.Popen[bytes], log: Path, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while " ready." not in log.read_text(errors="replace"):
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise AssertionError(f"the quick start's worker did not start:\n{log.read_text()}")
-        time.sleep(0.1)
 
 
 class Terminal:
@@ -65,7 +56,7 @@ class Terminal:
                 env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
         self.background.append((process, log))
-        _wait_ready(process, log)
+        wait_ready(log, process)
 
     def close(self) -> None:
         for process, _ in self.background:

@@ -56,7 +56,8 @@ def sqlite_thread_env(folder: Path, name: str, **conf: Any) -> Iterator[SagaEnv]
         yield env
 
 
-def _wait_ready(log: Path, process: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+def wait_ready(log: Path, process: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    """Wait until the worker writing ``log`` says it is ready (or fail with its log)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -102,7 +103,7 @@ def worker_process(
             start_new_session=True,
         )  # fmt: skip
     try:
-        _wait_ready(log, process)
+        wait_ready(log, process)
         yield process
     finally:
         if process.poll() is None:
