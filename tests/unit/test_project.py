@@ -73,3 +73,29 @@ def test_every_setting_is_in_the_configuration_reference() -> None:
     reference = (ROOT / "docs" / "configuration.md").read_text()
     documented = set(re.findall(r"^\| `(saga_\w+)` \|", reference, flags=re.M))
     assert documented == {f"saga_{field.name}" for field in fields(SagaConfig)}
+
+
+def test_every_cli_command_is_in_the_cli_reference() -> None:
+    """docs/cli.md has a section for every `celery saga` command, and for no other."""
+    import click
+
+    from celery_saga.cli import saga
+
+    def commands(group: click.Group, prefix: str = "") -> set[str]:
+        found: set[str] = set()
+        for name, command in group.commands.items():
+            if isinstance(command, click.Group):
+                found |= commands(command, f"{prefix}{name} ")
+            else:
+                found.add(f"{prefix}{name}")
+        return found
+
+    def command_of(usage: str) -> str:  # "`cancel ID [--reason TEXT]`" -> "cancel"
+        words = usage.strip("` ").split()
+        end = next((i for i, w in enumerate(words) if w.isupper() or w[0] in "[-"), len(words))
+        return " ".join(words[:end])
+
+    reference = (ROOT / "docs" / "cli.md").read_text()
+    headings = re.findall(r"^## (.+)$", reference, flags=re.M)
+    documented = {command_of(usage) for heading in headings for usage in heading.split(" / ")}
+    assert documented == commands(saga)
