@@ -31,7 +31,7 @@ from ._runtime import get_store
 from .canvas import compensation_chain
 from .compensation import end_compensated_saga
 from .errors import SagaNotFound, SagaStateError
-from .recovery import Recovery, recover
+from .recovery import Recovery, recover, step_running
 from .status import SagaStatus, StepStatus
 
 __all__ = [
@@ -77,11 +77,7 @@ def compensate_halted(app: Celery, saga_id: str) -> None:
     if saga is None or saga.status is not SagaStatus.COMPENSATING or saga.failed_step is not None:
         return  # not stopped by a cancel: a failing step's errbacks do the undoing
     steps = store.get_steps(saga_id)
-    now = datetime.now(UTC)
-    if any(
-        s.status is StepStatus.RUNNING and s.lease_expires_at and s.lease_expires_at > now
-        for s in steps
-    ):
+    if step_running(steps, datetime.now(UTC)):
         return  # its worker sends them when it is done
     undo = [s.index for s in reversed(steps) if s.compensate and s.status in _TO_UNDO]
     chain = compensation_chain(app, saga_id, saga.plan, undo)

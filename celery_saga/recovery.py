@@ -35,7 +35,14 @@ from .errors import SagaNotFound
 from .records import SagaRecord, StepRecord
 from .status import SagaStatus, StepStatus
 
-__all__ = ["RECOVER_TASK", "Recovery", "decide", "recover", "register_recovery_task"]
+__all__ = [
+    "RECOVER_TASK",
+    "Recovery",
+    "decide",
+    "recover",
+    "register_recovery_task",
+    "step_running",
+]
 
 logger = get_task_logger(__name__)
 
@@ -85,6 +92,11 @@ def _alive(step: StepRecord, now: datetime) -> bool:
     return step.lease_expires_at is not None and step.lease_expires_at > now
 
 
+def step_running(steps: Sequence[StepRecord], now: datetime) -> bool:
+    """Whether a worker is running one of the steps (it holds a live lease)."""
+    return any(s.status is StepStatus.RUNNING and _alive(s, now) for s in steps)
+
+
 def decide(saga: SagaRecord, steps: Sequence[StepRecord], now: datetime, stall: float) -> Recovery:
     """What recovery should do with a saga, from its stored state alone."""
 
@@ -113,7 +125,7 @@ def decide(saga: SagaRecord, steps: Sequence[StepRecord], now: datetime, stall: 
     if saga.status is SagaStatus.COMPENSATING:
         if any(s.status is StepStatus.COMPENSATING and _alive(s, now) for s in steps):
             return outcome("none", (), "a compensation is running")
-        if any(s.status is StepStatus.RUNNING and _alive(s, now) for s in steps):
+        if step_running(steps, now):
             return outcome("none", (), "a step is running (the saga was cancelled)")
         if not quiet:
             return outcome("none", (), "progress within saga_recovery_stall")
