@@ -18,6 +18,7 @@
 from ._install import install
 from .canvas import Saga, SagaPlan, saga
 from .config import SagaConfig
+from .context import StepContext, current_step
 from .errors import (
     SagaCompensated,
     SagaConfigurationError,
@@ -29,7 +30,6 @@ from .errors import (
     SagaStoreError,
     SagaValidationError,
 )
-from .execution import StepContext, current_step
 from .records import SagaRecord, StepRecord
 from .recovery import Recovery, recover
 from .result import SagaResult

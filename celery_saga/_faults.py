@@ -9,12 +9,11 @@ default) each point is one dictionary read and a call to a function that does no
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import Literal, Protocol
 
 from celery import Celery
 
-if TYPE_CHECKING:
-    from .execution import StepContext
+from .context import StepContext
 
 __all__ = ["Injector", "Point", "injector", "set_injector"]
 

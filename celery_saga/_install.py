@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
+from celery.signals import worker_ready
 
-from .compensation import register_tasks
 from .recovery import register_recovery_task
 from .retention import add_purge_schedule, register_purge_task
 from .step import bind_steps
+from .worker import check_store, register_tasks
 
 __all__ = ["install"]
 
@@ -18,6 +19,13 @@ _INSTALLED_ATTR = "_celery_saga_installed"
 
 def _on_after_finalize(sender: Celery, **_: Any) -> None:
     bind_steps(sender)
+
+
+def _on_worker_ready(sender: Any = None, **_: Any) -> None:
+    """A worker starting: say at once (ERROR, naming it) if its saga store is unreachable."""
+    app = getattr(sender, "app", None)
+    if app is not None and app.__dict__.get(_INSTALLED_ATTR):
+        check_store(app)
 
 
 def install(app: Celery) -> Celery:
@@ -38,6 +46,7 @@ def install(app: Celery) -> Celery:
     register_purge_task(app)
     add_purge_schedule(app)
     app.on_after_finalize.connect(_on_after_finalize, sender=app, weak=False)
+    worker_ready.connect(_on_worker_ready, weak=False, dispatch_uid="celery_saga.check_store")
     if getattr(app, "finalized", False):
         bind_steps(app)
     return app

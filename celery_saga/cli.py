@@ -22,7 +22,7 @@ from celery import Celery
 
 from ._runtime import get_store
 from .errors import SagaError, SagaNotFound, SagaStateError
-from .operations import cancel, resume, retry_compensation
+from .operator import cancel, resume, retry_compensation
 from .records import SagaRecord, StepRecord
 from .recovery import recover
 from .retention import PURGED_BY_DEFAULT, purge

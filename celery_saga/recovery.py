@@ -2,52 +2,51 @@
 
 Celery loses a saga's next message in known cases: a worker killed mid-step on a broker
 that redelivers late (Redis: after ``visibility_timeout``) or never (``filesystem://``),
-an errback that never fired, a producer that died between storing a saga and sending it.
-The store still knows where each saga stands, so :func:`recover` (and the task
-``celery_saga.recover``, for beat) looks at sagas that are not finished and:
+an errback that never fired, a producer that died between storing a saga and sending it,
+a publish that failed. The store still knows where each saga stands, so :func:`recover`
+(and the task ``celery_saga.recover``, for beat) asks :mod:`celery_saga.machine` what
+each unfinished saga needs and carries it out:
 
-- a step whose owner's lease ran out (its worker died): sends that step again, and the
-  rest of the chain after it; the new delivery claims it (the old owner, if it was only
-  slow, can no longer record anything: fencing);
+- a step whose owner's lease ran out (its worker died): sent again, with the rest of
+  the chain after it, at once (a lease's end is not progress); if the saga is
+  compensating, the step is in doubt instead, and undone;
 - a saga with no step running and no progress for ``saga_recovery_stall`` seconds:
-  sends its next step (a lost message), with the previous step's stored result;
-- a compensating saga with no compensation running and no progress for as long: sends
-  the compensations still to do, newest first; with none left, ends the saga.
+  its next step is sent (a lost message), with the previous step's stored result;
+- a compensating saga with nothing running and no progress for as long: the
+  compensations still to do are sent, newest first; with none left, the saga ends.
 
-Everything it sends may meet a late original: claims make the duplicate a no-op.
+One saga's trouble stays its own: an error is logged with the saga id, counted, kept
+on the saga (``celery saga show`` prints it) and the sweep goes on. A saga whose next
+message cannot be built (arguments that no longer fit the task) is compensated with
+that error. Everything sent may meet a late original: claims make the duplicate a no-op.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from celery import Celery, Task
 from celery.utils.log import get_task_logger
+from kombu.exceptions import EncodeError
 
+from ._drive import carry_out, settle, state_of
+from ._errors import describe_error
 from ._runtime import get_store
-from .canvas import compensation_chain, publish
-from .compensation import end_compensated_saga
 from .config import get_config
-from .errors import SagaNotFound
-from .records import SagaRecord, StepRecord
-from .status import SagaStatus, StepStatus
+from .errors import SagaNotFound, SagaValidationError
+from .machine import Move, Sweep, decide
 
-__all__ = [
-    "RECOVER_TASK",
-    "Recovery",
-    "decide",
-    "recover",
-    "register_recovery_task",
-    "step_running",
-]
+__all__ = ["RECOVER_TASK", "Recovery", "as_recovery", "recover", "register_recovery_task"]
 
 logger = get_task_logger(__name__)
 
 #: The periodic task that runs :func:`recover`.
 RECOVER_TASK = "celery_saga.recover"
+
+#: Errors that say a saga's message cannot be built (not that a server is down).
+_UNBUILDABLE = (TypeError, EncodeError, SagaValidationError)
 
 
 @dataclass(frozen=True)
@@ -55,9 +54,11 @@ class Recovery:
     """What the sweep did (or, with ``dry_run``, would do) with one saga.
 
     ``action`` is ``"forward"`` (``steps`` = the step sent again, then the ones after
-    it), ``"compensate"`` (``steps`` = the compensations sent, in order), ``"finish"``
-    (compensations all done: saga ended), ``"deadline"`` (past its ``deadline=``:
-    stopped and compensated) or ``"none"``; ``reason`` says why.
+    it), ``"compensate"`` (``steps`` = the compensations sent, in order), ``"in doubt"``
+    (a step whose worker was lost while compensating: undone with the others),
+    ``"finish"`` (compensations all done: saga ended), ``"deadline"`` (past its
+    ``deadline=``: stopped and compensated), ``"error"`` (carrying it out failed:
+    ``error`` says how; the sweep went on) or ``"none"``; ``reason`` says why.
 
     .. versionadded:: 0.1
     """
@@ -66,91 +67,19 @@ class Recovery:
     action: str
     steps: tuple[int, ...]
     reason: str
+    error: str | None = None
 
 
-def _last_activity(saga: SagaRecord, steps: Sequence[StepRecord]) -> datetime:
-    moments = [saga.created_at, saga.updated_at]
-    for step in steps:
-        moments += [
-            moment
-            for moment in (
-                step.started_at,
-                step.finished_at,
-                step.compensation_started_at,
-                step.compensation_finished_at,
-                step.lease_expires_at,  # a running step's lease end, a retry's due time
-            )
-            if moment is not None
-        ]
-    return max(moments)
+def as_recovery(saga_id: str, move: Move) -> Recovery:
+    """The report of a move."""
+    return Recovery(saga_id, move.action, move.steps, move.reason)
 
 
-_TO_UNDO = (StepStatus.SUCCEEDED, StepStatus.TIMED_OUT, StepStatus.COMPENSATING)
-
-
-def _alive(step: StepRecord, now: datetime) -> bool:
-    return step.lease_expires_at is not None and step.lease_expires_at > now
-
-
-def step_running(steps: Sequence[StepRecord], now: datetime) -> bool:
-    """Whether a worker is running one of the steps (it holds a live lease)."""
-    return any(s.status is StepStatus.RUNNING and _alive(s, now) for s in steps)
-
-
-def decide(saga: SagaRecord, steps: Sequence[StepRecord], now: datetime, stall: float) -> Recovery:
-    """What recovery should do with a saga, from its stored state alone."""
-
-    def outcome(action: str, steps: Sequence[int], reason: str) -> Recovery:
-        return Recovery(saga.id, action, tuple(steps), reason)
-
-    quiet = now - _last_activity(saga, steps) >= timedelta(seconds=stall)
-    deadline = saga.plan.get("deadline")
-    if saga.status is SagaStatus.RUNNING:
-        for step in steps:
-            if step.status is StepStatus.RUNNING and _alive(step, now):
-                return outcome("none", (), f"step {step.index} is running")
-        if deadline is not None and now > saga.created_at + timedelta(seconds=deadline):
-            return outcome("deadline", (), f"past its deadline of {deadline:g} s")
-        for step in steps:
-            if step.status is StepStatus.RUNNING:
-                later = range(step.index, len(steps))
-                return outcome("forward", later, f"the lease of step {step.index} ran out")
-        if not quiet:
-            return outcome("none", (), "progress within saga_recovery_stall")
-        pending = next((s for s in steps if s.status is StepStatus.PENDING), None)
-        if pending is None:
-            return outcome("none", (), "no step left to send")
-        later = range(pending.index, len(steps))
-        return outcome("forward", later, f"no progress since step {pending.index} was due")
-    if saga.status is SagaStatus.COMPENSATING:
-        if any(s.status is StepStatus.COMPENSATING and _alive(s, now) for s in steps):
-            return outcome("none", (), "a compensation is running")
-        if step_running(steps, now):
-            return outcome("none", (), "a step is running (the saga was cancelled)")
-        if not quiet:
-            return outcome("none", (), "progress within saga_recovery_stall")
-        undo = [s.index for s in reversed(steps) if s.compensate and s.status in _TO_UNDO]
-        if not undo:
-            return outcome("finish", (), "every compensation is done")
-        return outcome("compensate", undo, "no progress in compensating")
-    return outcome("none", (), f"the saga is {saga.status}")
-
-
-def _apply(app: Celery, saga: SagaRecord, steps: Sequence[StepRecord], plan: Recovery) -> None:
-    if plan.action == "forward":
-        start = plan.steps[0]
-        previous: tuple[Any, ...] = (steps[start - 1].result,) if start > 0 else ()
-        publish(app, saga.id, saga.plan, start=start, created=saga.created_at, previous=previous)
-    elif plan.action == "compensate":
-        chain = compensation_chain(app, saga.id, saga.plan, plan.steps)
-        assert chain is not None
-        chain.apply_async()
-    elif plan.action == "finish":
-        end_compensated_saga(app, saga.id)
-    elif plan.action == "deadline":
-        from .operations import stop_at_deadline  # late: operations imports us indirectly
-
-        stop_at_deadline(app, saga.id, saga.plan["deadline"])
+def _refuse(app: Celery, saga_id: str, exc: Exception) -> None:
+    """Compensate a saga whose next message cannot be built, with that error."""
+    store = get_store(app)
+    if store.cancel_saga(saga_id, describe_error(exc)):
+        settle(app, saga_id)
 
 
 def recover(
@@ -164,7 +93,8 @@ def recover(
 
     ``stalled_after`` overrides ``saga_recovery_stall`` (seconds without progress);
     ``dry_run`` only says what it would do. Returns one :class:`Recovery` per saga
-    looked at. Safe to run anywhere and concurrently: duplicates it sends are no-ops.
+    looked at, ``"none"`` included. Safe to run anywhere and concurrently: duplicates it
+    sends are no-ops.
 
     .. versionadded:: 0.1
     """
@@ -181,13 +111,29 @@ def recover(
         candidates = store.unfinished_sagas(now - timedelta(seconds=stall), config.recovery_batch)
     done: list[Recovery] = []
     for saga in candidates:
-        steps = store.get_steps(saga.id)
-        plan = decide(saga, steps, now, stall)
-        if plan.action != "none" and not dry_run:
-            logger.warning("saga %s: recovery: %s %s (%s)",
-                           saga.id, plan.action, list(plan.steps), plan.reason)  # fmt: skip
-            _apply(app, saga, steps, plan)
-        done.append(plan)
+        try:
+            move = decide(state_of(store, saga), Sweep(now, stall))
+            report = as_recovery(saga.id, move)
+            if move.action != "none" and not dry_run:
+                logger.warning(
+                    "saga %s: recovery: %s %s (%s)",
+                    saga.id,
+                    move.action,
+                    list(move.steps),
+                    move.reason,
+                )
+                carry_out(app, saga, move)
+        except Exception as exc:
+            logger.exception("saga %s: recovery failed; the sweep goes on", saga.id)
+            error = f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, _UNBUILDABLE) and not dry_run:
+                try:
+                    _refuse(app, saga.id, exc)
+                    error = f"its next message cannot be built, compensated: {error}"
+                except Exception:
+                    logger.exception("saga %s: could not be compensated", saga.id)
+            report = Recovery(saga.id, "error", (), "recovery failed", error)
+        done.append(report)
     return done
 
 

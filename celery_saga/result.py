@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from celery import Celery
 from celery.app import app_or_default
@@ -12,11 +12,10 @@ from celery.exceptions import TimeoutError as CeleryTimeoutError
 from ._runtime import get_store
 from .config import get_config
 from .errors import SagaCompensated, SagaError, SagaFailed, SagaNotFound
+from .operator import cancel, resume, retry_compensation
 from .records import SagaRecord, StepRecord
+from .recovery import Recovery
 from .status import SagaStatus, StepStatus
-
-if TYPE_CHECKING:
-    from .recovery import Recovery
 
 __all__ = ["SagaResult"]
 
@@ -79,8 +78,6 @@ class SagaResult:
 
         .. versionadded:: 0.1
         """
-        from .operations import cancel  # late: cancel needs the canvas, which needs us
-
         return cancel(self.app, self.id, reason)
 
     def retry_compensation(self) -> list[int]:
@@ -92,22 +89,21 @@ class SagaResult:
 
         .. versionadded:: 0.1
         """
-        from .operations import retry_compensation  # late: it needs the canvas
-
         return retry_compensation(self.app, self.id)
 
-    def resume(self) -> Recovery:
+    def resume(self, *, force: bool = False) -> Recovery:
         """Drive the saga on now from the store (a stuck one: its messages were lost).
 
         What the recovery sweep would do, without waiting for ``saga_recovery_stall``:
-        sends the next step, or the compensations still to do. Raises
-        :class:`~celery_saga.SagaStateError` if the saga has finished.
+        sends the next step, or the compensations still to do. A step whose worker
+        still holds its lease is left alone; ``force=True`` takes it over (for a worker
+        you know is dead). Raises :class:`~celery_saga.SagaStateError` if the saga has
+        finished.
 
         .. versionadded:: 0.1
+        .. versionchanged:: 0.2 ``force``.
         """
-        from .operations import resume  # late: it needs the canvas
-
-        return resume(self.app, self.id)
+        return resume(self.app, self.id, force=force)
 
     def ready(self) -> bool:
         """True once the saga is terminal (completed, compensated or failed)."""

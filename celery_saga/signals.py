@@ -30,6 +30,9 @@ signal                          payload       sent when (and where)
 ``compensation_started``        StepEvent     a compensation is claimed and called
 ``compensation_succeeded``      StepEvent     it returned
 ``compensation_failed``         StepEvent     it raised (``reason="retry"`` or ``"gave up"``)
+``saga_not_found``              StepEvent     a step message for a saga this worker's store
+                                              does not know (``reason`` names the store):
+                                              producer and worker use different stores?
 ==============================  ============  ==========================================
 
 The sender is the saga's name for saga events, the step's task name for step events and
@@ -58,6 +61,7 @@ __all__ = [
     "saga_compensated",
     "saga_completed",
     "saga_failed",
+    "saga_not_found",
     "saga_started",
     "step_failed",
     "step_retried",
@@ -116,6 +120,8 @@ step_skipped = Signal(name="step_skipped")
 compensation_started = Signal(name="compensation_started")
 compensation_succeeded = Signal(name="compensation_succeeded")
 compensation_failed = Signal(name="compensation_failed")
+#: A step message for a saga this worker's store does not know (another store?).
+saga_not_found = Signal(name="saga_not_found")
 
 _SAGA_END = {
     SagaStatus.COMPLETED: saga_completed,

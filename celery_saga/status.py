@@ -39,7 +39,9 @@ class StepStatus(StrEnum):
     A succeeded step that has been undone is ``COMPENSATED``; one whose compensation
     gave up is ``COMPENSATION_FAILED`` (the saga is then ``FAILED``). A step of
     ``@saga_step(compensate_on_timeout=True)`` that hit its time limit is ``TIMED_OUT``:
-    in doubt, so it is compensated like a succeeded one.
+    in doubt, so it is compensated like a succeeded one. A step whose worker was lost
+    (its lease ran out) while the saga was compensating is ``IN_DOUBT``: it may have
+    taken effect, so it is compensated too when it has a compensation.
 
     .. versionadded:: 0.1
     """
@@ -49,6 +51,7 @@ class StepStatus(StrEnum):
     SUCCEEDED = "SUCCEEDED"
     FAILED = "FAILED"
     TIMED_OUT = "TIMED_OUT"
+    IN_DOUBT = "IN_DOUBT"
     COMPENSATING = "COMPENSATING"
     COMPENSATED = "COMPENSATED"
     COMPENSATION_FAILED = "COMPENSATION_FAILED"

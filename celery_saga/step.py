@@ -15,13 +15,20 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any, TypeVar, overload
 
 from celery import Celery, Task
 from celery.local import PromiseProxy, Proxy
 
+from .definition import (
+    DEFINITION_ATTR,
+    ORIGINAL_RUN_ATTR,
+    StepDefinition,
+    step_definition,
+    task_name,
+)
 from .retry import RetryPolicy
+from .worker import run_step
 
 __all__ = ["StepDefinition", "bind_steps", "saga_step", "step_definition", "task_name"]
 
@@ -32,40 +39,9 @@ _BY_FUNCTION: dict[Callable[..., Any], StepDefinition] = {}
 #: Step definitions by task name (for class-based tasks).
 _BY_NAME: dict[str, StepDefinition] = {}
 
-_DEFINITION_ATTR = "_celery_saga_step"
-_ORIGINAL_RUN_ATTR = "_celery_saga_original_run"
-
 
 def _is_proxy(obj: object) -> bool:
     return type(obj) in (Proxy, PromiseProxy)
-
-
-def task_name(obj: object) -> str:
-    """The Celery task name of a task object, a task proxy, or a name string."""
-    if isinstance(obj, str):
-        return obj
-    name = getattr(obj, "name", None)
-    if not isinstance(name, str):
-        raise TypeError(f"expected a Celery task or a task name, got {obj!r}")
-    return name
-
-
-@dataclass(frozen=True, eq=False)
-class StepDefinition:
-    """What ``@saga_step`` attached to a task.
-
-    .. versionadded:: 0.1
-    """
-
-    compensate: object | None = None
-    retry: RetryPolicy | None = None
-    timeout: float | None = None
-    compensate_on_timeout: bool = False
-
-    @property
-    def compensation_name(self) -> str | None:
-        """The name of the compensation task (resolved lazily: it may be a lazy task)."""
-        return None if self.compensate is None else task_name(self.compensate)
 
 
 def _underlying_function(obj: object) -> Callable[..., Any] | None:
@@ -91,19 +67,17 @@ def _task_function(task: Task[Any, Any]) -> Callable[..., Any] | None:
 
 def _bind(task: Task[Any, Any], definition: StepDefinition) -> None:
     """Wrap the task's ``run`` so it runs as a saga step when the saga header is present."""
-    if task.__dict__.get(_DEFINITION_ATTR) is definition:
+    if task.__dict__.get(DEFINITION_ATTR) is definition:
         return
-    original: Callable[..., Any] = task.__dict__.get(_ORIGINAL_RUN_ATTR) or task.run
-
-    from .execution import run_step  # imported late: execution needs the app machinery
+    original: Callable[..., Any] = task.__dict__.get(ORIGINAL_RUN_ATTR) or task.run
 
     def run(*args: Any, **kwargs: Any) -> Any:
         return run_step(task, definition, original, args, kwargs)
 
     run.__name__ = getattr(original, "__name__", "run")
     run.__doc__ = getattr(original, "__doc__", None)
-    task.__dict__[_ORIGINAL_RUN_ATTR] = original
-    task.__dict__[_DEFINITION_ATTR] = definition
+    task.__dict__[ORIGINAL_RUN_ATTR] = original
+    task.__dict__[DEFINITION_ATTR] = definition
     task.run = run  # type: ignore[method-assign]
 
 
@@ -114,12 +88,6 @@ def bind_steps(app: Celery) -> None:
         definition = (_BY_FUNCTION.get(function) if function else None) or _BY_NAME.get(task.name)
         if definition is not None:
             _bind(task, definition)
-
-
-def step_definition(task: Task[Any, Any]) -> StepDefinition | None:
-    """The saga step definition bound to a task, if it is one."""
-    definition: StepDefinition | None = task.__dict__.get(_DEFINITION_ATTR)
-    return definition
 
 
 def _check_compensate(compensate: object) -> None:

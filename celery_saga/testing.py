@@ -38,7 +38,7 @@ from celery.worker.consumer import Consumer
 
 from . import _faults, signals
 from ._runtime import get_store, reset
-from .execution import StepContext
+from .context import StepContext
 from .recovery import Recovery, recover
 from .signals import SagaEvent, StepEvent
 from .step import task_name

@@ -11,7 +11,7 @@ import uuid
 import pytest
 
 from celery_saga import SagaCompensated, SagaConflictError, SagaFailed, SagaResult
-from celery_saga.canvas import build_chain, publish
+from celery_saga.dispatch import build_chain, publish
 from celery_saga.status import SagaStatus, StepStatus
 from tests.support.envs import SagaEnv
 

@@ -2,7 +2,16 @@
 
 from .migrations import current_version, upgrade
 from .schema import SCHEMA_VERSION, metadata
-from .sql import Claim, ClaimOutcome, Completion, EncodedJSON, SagaStore, make_engine, utcnow
+from .sql import (
+    Claim,
+    ClaimOutcome,
+    Completion,
+    EncodedJSON,
+    FailureRecord,
+    SagaStore,
+    make_engine,
+    utcnow,
+)
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -10,6 +19,7 @@ __all__ = [
     "ClaimOutcome",
     "Completion",
     "EncodedJSON",
+    "FailureRecord",
     "SagaStore",
     "current_version",
     "make_engine",

@@ -71,6 +71,7 @@ __all__ = [
     "ClaimOutcome",
     "Completion",
     "EncodedJSON",
+    "FailureRecord",
     "SagaStore",
     "make_engine",
     "utcnow",
@@ -78,6 +79,9 @@ __all__ = [
 
 T = TypeVar("T")
 
+
+#: Step statuses whose compensation is still to run.
+_TO_UNDO = (StepStatus.SUCCEEDED, StepStatus.TIMED_OUT, StepStatus.IN_DOUBT)
 
 #: The most entries ``attempt_errors`` keeps on a step (the newest).
 MAX_ATTEMPT_ERRORS = 50
@@ -124,6 +128,7 @@ class ClaimOutcome(enum.Enum):
     BUSY = "busy"  #: another delivery owns it under a live lease
     STOPPED = "stopped"  #: the saga is not in a state where this may run
     HALTED = "halted"  #: the saga was stopped (cancelled) before this step started
+    RUNNING = "running"  #: a compensation of a saga that is still running forward
     MISSING = "missing"  #: no such saga or step in the store
 
 
@@ -134,6 +139,17 @@ class Completion(enum.Enum):
     RECORDED = "recorded"  #: the result is stored
     COMPLETED = "completed"  #: the last step's result is stored and the saga completed
     HALTED = "halted"  #: the last step's result is stored, but the saga had been stopped
+
+
+@dataclass(frozen=True)
+class FailureRecord:
+    """What recording a step's final failure did (true when it was recorded)."""
+
+    recorded: bool  #: False: the caller no longer owns the step; nothing was written
+    moved: bool  #: the saga's row changed with it (False: it had stopped running)
+
+    def __bool__(self) -> bool:
+        return self.recorded
 
 
 @dataclass(frozen=True)
@@ -401,11 +417,11 @@ class SagaStore:
         *,
         saga_status: SagaStatus,
         step_status: StepStatus = StepStatus.FAILED,
-    ) -> bool:
-        """Record a step's final failure and move the saga to ``saga_status``.
+    ) -> FailureRecord:
+        """Record a step's final failure and move a running saga to ``saga_status``.
 
         ``step_status`` is ``TIMED_OUT`` for a timed-out step to be compensated.
-        Returns False, writing nothing, if the caller no longer owns the step.
+        Writes nothing (false) if the caller no longer owns the step.
         """
         now = utcnow()
         params = {
@@ -424,9 +440,9 @@ class SagaStore:
             )
             if connection.execute(FAIL_STEP, params).rowcount != 1:
                 connection.rollback()
-                return False
-            connection.execute(FAIL_SAGA, params)
-        return True
+                return FailureRecord(recorded=False, moved=False)
+            moved = connection.execute(FAIL_SAGA, params).rowcount == 1
+        return FailureRecord(recorded=True, moved=moved)
 
     def release_step(
         self,
@@ -452,28 +468,27 @@ class SagaStore:
     # -- compensations ------------------------------------------------------------
 
     def claim_compensation(self, saga_id: str, index: int, token: str, lease: float) -> Claim:
-        """Take ownership of the compensation of a succeeded (or timed-out, in doubt) step.
+        """Take ownership of the compensation of a succeeded (or in-doubt) step.
 
-        Also moves a still-running saga to ``COMPENSATING`` (its failing step may have
-        died before it could record that).
+        Only while the saga is ``COMPENSATING``: an errback Celery fires on its own for
+        a saga whose failure was never recorded (a lost worker) finds it ``RUNNING``.
         """
         now = utcnow()
         c = saga_steps.c
+        compensating = exists().where(
+            sagas.c.id == saga_id, sagas.c.status == SagaStatus.COMPENSATING
+        )
         with self._write("claim the compensation") as connection:
-            connection.execute(
-                update(sagas)
-                .where(sagas.c.id == saga_id, sagas.c.status == SagaStatus.RUNNING)
-                .values(status=SagaStatus.COMPENSATING, updated_at=now)
-            )
             claimed = connection.execute(
                 update(saga_steps)
                 .where(
                     c.saga_id == saga_id,
                     c.idx == index,
                     or_(
-                        c.status.in_([StepStatus.SUCCEEDED, StepStatus.TIMED_OUT]),
+                        c.status.in_(_TO_UNDO),
                         and_(c.status == StepStatus.COMPENSATING, c.lease_expires_at < now),
                     ),
+                    compensating,
                 )
                 .values(
                     status=StepStatus.COMPENSATING,
@@ -484,10 +499,16 @@ class SagaStore:
                 )
             ).rowcount
             row = connection.execute(
-                select(saga_steps).where(c.saga_id == saga_id, c.idx == index)
+                select(saga_steps, sagas.c.status.label("saga_status"))
+                .select_from(
+                    sagas.outerjoin(saga_steps, and_(c.saga_id == sagas.c.id, c.idx == index))
+                )
+                .where(sagas.c.id == saga_id)
             ).first()
         if row is None:
             return Claim(ClaimOutcome.MISSING)
+        if row.status is None:  # the step never started: nothing to undo
+            return Claim(ClaimOutcome.STOPPED)
         step = step_record(row)
         if claimed == 1:
             return Claim(
@@ -496,11 +517,67 @@ class SagaStore:
                 attempt=step.compensation_attempts,
                 step=step,
             )
+        if row.saga_status == SagaStatus.RUNNING:
+            return Claim(ClaimOutcome.RUNNING, step=step)
         if step.status in (StepStatus.COMPENSATED, StepStatus.COMPENSATION_FAILED):
             return Claim(ClaimOutcome.DONE, step=step)
         if step.status == StepStatus.COMPENSATING:
             return Claim(ClaimOutcome.BUSY, step=step)
         return Claim(ClaimOutcome.STOPPED, step=step)  # never succeeded: nothing to undo
+
+    def mark_in_doubt(
+        self,
+        saga_id: str,
+        indices: Sequence[int],
+        error: Mapping[str, Any],
+        *,
+        force: bool = False,
+    ) -> int:
+        """Steps whose owner was lost while the saga compensates: ``IN_DOUBT``, to undo.
+
+        Only steps still ``RUNNING`` under a lease that ran out (any lease with
+        ``force``: the operator knows the owner is dead). Returns how many it marked.
+        """
+        now = utcnow()
+        c = saga_steps.c
+        where = [c.saga_id == saga_id, c.idx.in_(list(indices)), c.status == StepStatus.RUNNING]
+        if not force:
+            where.append(or_(c.lease_expires_at.is_(None), c.lease_expires_at < now))
+        with self._write_one("mark the steps in doubt") as connection:
+            marked = connection.execute(
+                update(saga_steps)
+                .where(*where)
+                .values(
+                    status=StepStatus.IN_DOUBT,
+                    error=dict(error),
+                    finished_at=now,
+                    lease_expires_at=None,
+                    claim=None,
+                )
+            )
+        return marked.rowcount
+
+    def renew_leases(self, claims: Sequence[tuple[str, int, str]], lease: float) -> int:
+        """Extend the leases of steps still owned by these claims ``(saga, index, token)``.
+
+        The heartbeat of a worker process: one statement for all its running steps.
+        Returns how many leases it renewed.
+        """
+        if not claims:
+            return 0
+        c = saga_steps.c
+        owned = or_(
+            *(and_(c.saga_id == saga, c.idx == index, c.claim == token)
+              for saga, index, token in claims)
+        )  # fmt: skip
+        until = utcnow() + timedelta(seconds=lease)
+        with self._write_one("renew the leases") as connection:
+            renewed = connection.execute(
+                update(saga_steps)
+                .where(owned, c.status.in_([StepStatus.RUNNING, StepStatus.COMPENSATING]))
+                .values(lease_expires_at=until)
+            )
+        return renewed.rowcount
 
     def finish_compensation(
         self,

@@ -21,10 +21,13 @@ from celery_saga import (
     recover,
 )
 from celery_saga import canvas as canvas_module
+from celery_saga import dispatch
 from celery_saga import recovery as recovery_module
 from celery_saga._runtime import get_store
 from celery_saga.config import get_config
-from celery_saga.recovery import RECOVER_TASK, decide
+from celery_saga._drive import state_of
+from celery_saga.machine import Sweep, decide
+from celery_saga.recovery import RECOVER_TASK
 from celery_saga.store import Completion, EncodedJSON
 from tests.scenarios import new_id
 from tests.support.envs import SagaEnv, sqlite_thread_env
@@ -45,7 +48,7 @@ def lose_messages(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], None]:
     def lose(what: str) -> None:
         def publish(app: Any, saga_id: str, plan: Any, start: int = 0, **kw: Any) -> None:
             if what == "first":  # the first step's message, without the rest of the chain
-                canvas_module.step_signatures(app, saga_id, plan, start, **kw)[0].apply_async()
+                dispatch.step_signatures(app, saga_id, plan, start, **kw)[0].apply_async()
 
         monkeypatch.setattr(canvas_module, "publish", publish)
 
@@ -172,9 +175,10 @@ def test_retry_due_later_is_left_alone(env: SagaEnv, lose_messages: Callable[[st
     saga, steps = store.get_saga(result.id), store.get_steps(result.id)
     assert saga is not None
     assert steps[0].lease_expires_at == due
-    assert decide(saga, steps, datetime.now(UTC), stall=60).action == "none"
+    state = state_of(store, saga)
+    assert decide(state, Sweep(datetime.now(UTC), stall=60)).action == "none"
     later = due + timedelta(seconds=61)
-    assert decide(saga, steps, later, stall=60).action == "forward"
+    assert decide(state, Sweep(later, stall=60)).action == "forward"
 
 
 def test_recover_task_runs_a_sweep(

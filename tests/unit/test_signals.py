@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from celery_saga import SagaCompensated, SagaStatus, signals
-from celery_saga.canvas import publish
+from celery_saga.dispatch import publish
 from celery_saga.signals import SagaEvent, StepEvent
 from tests.scenarios import new_id
 from tests.support.envs import SagaEnv, sqlite_thread_env

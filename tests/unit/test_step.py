@@ -125,7 +125,7 @@ def test_timeout_becomes_the_message_time_limits(app: Celery) -> None:
 
 def test_in_doubt_step_undoes_itself_first(app: Celery) -> None:
     """A compensate_on_timeout step's errback starts with its own compensation."""
-    from celery_saga.canvas import step_signatures
+    from celery_saga.dispatch import step_signatures
 
     plan = saga(
         app.signature("shop.act", kwargs={"tag": "a"}),

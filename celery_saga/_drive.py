@@ -1,0 +1,138 @@
+"""Carry out the state machine's moves on a whole stored saga.
+
+Shared by the shells that decide from the whole saga: the step and compensation tasks
+when they hand over (a halted claim, the last compensation of a chain), the operator's
+commands and the recovery sweep. Reads the saga, asks :func:`celery_saga.machine.decide`,
+commits the transition and sends the messages; nothing here decides anything itself.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from celery import Celery
+from celery.utils.log import get_task_logger
+
+from . import signals
+from ._runtime import get_store
+from .dispatch import compensation_chain, publish
+from .machine import (
+    IN_DOUBT,
+    EndCompensation,
+    Ended,
+    MarkInDoubt,
+    Move,
+    Reconcile,
+    Reopen,
+    SagaState,
+    SendCompensations,
+    SendSteps,
+    Settle,
+    Stop,
+    decide,
+)
+from .records import SagaRecord
+from .signals import SagaEvent
+from .store import SagaStore
+
+__all__ = ["carry_out", "load", "settle", "state_of"]
+
+logger = get_task_logger("celery_saga.recovery")
+
+
+def state_of(store: SagaStore, saga: SagaRecord) -> SagaState:
+    """The machine's view of a stored saga (reads its steps)."""
+    return SagaState(
+        saga_id=saga.id,
+        name=saga.name,
+        status=saga.status,
+        steps=tuple(store.get_steps(saga.id)),
+        created_at=saga.created_at,
+        updated_at=saga.updated_at,
+        deadline=saga.plan.get("deadline"),
+        error=saga.error,
+        failed_step=saga.failed_step,
+    )
+
+
+def load(store: SagaStore, saga_id: str) -> tuple[SagaRecord, SagaState] | None:
+    """The saga's row and the machine's view of it; None if the store does not know it."""
+    saga = store.get_saga(saga_id)
+    return None if saga is None else (saga, state_of(store, saga))
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _commit(app: Celery, saga: SagaRecord, move: Move, force: bool) -> bool:
+    """Commit the move's transition; False if the saga had moved on (skip the messages)."""
+    store = get_store(app)
+    transition = move.transition
+    if transition is None:
+        return True
+    if isinstance(transition, Stop):
+        return store.cancel_saga(saga.id, transition.error)
+    if isinstance(transition, MarkInDoubt):
+        error = {
+            "type": IN_DOUBT,
+            "message": "its worker was lost while the saga compensated: it may have "
+            "taken effect, so it is compensated if it has a compensation",
+            "traceback": "",
+        }
+        store.mark_in_doubt(saga.id, transition.indices, error, force=force)
+        return True
+    if isinstance(transition, EndCompensation):
+        return store.finish_saga_compensation(saga.id)  # False: ended elsewhere
+    if isinstance(transition, Reopen):
+        return bool(store.reopen_failed_compensations(saga.id))
+    raise TypeError(f"not a transition of a whole saga: {transition!r}")
+
+
+def carry_out(app: Celery, saga: SagaRecord, move: Move, *, force: bool = False) -> bool:
+    """Commit ``move``'s transition, then send its messages. False: the saga moved on."""
+    if not _commit(app, saga, move, force):
+        return False
+    for message in move.messages:
+        if isinstance(message, SendSteps):
+            start = message.start
+            previous: tuple[Any, ...] = ()
+            if start > 0:
+                previous = (get_store(app).get_steps(saga.id)[start - 1].result,)
+            publish(
+                app, saga.id, saga.plan, start=start, created=saga.created_at, previous=previous
+            )
+        elif isinstance(message, SendCompensations):
+            chain = compensation_chain(app, saga.id, saga.plan, message.indices)
+            if chain is not None:
+                chain.apply_async()
+        elif isinstance(message, Reconcile):
+            settle(app, saga.id)
+        elif isinstance(message, Ended):
+            duration = (_now() - saga.created_at).total_seconds()
+            record = get_store(app).get_saga(saga.id) or saga
+            signals.send_saga_end(
+                SagaEvent(
+                    record.id,
+                    record.name,
+                    record.status,
+                    duration,
+                    record.error,
+                    record.failed_step,
+                )
+            )
+        else:
+            raise TypeError(f"not a message of a whole saga: {message!r}")
+    return True
+
+
+def settle(app: Celery, saga_id: str) -> Move | None:
+    """A shell did its part: read the saga and do what is left (at once, no stall)."""
+    loaded = load(get_store(app), saga_id)
+    if loaded is None:
+        return None
+    saga, state = loaded
+    move = decide(state, Settle(_now()))
+    carry_out(app, saga, move)
+    return move

@@ -1,0 +1,257 @@
+"""The Celery messages of a saga, built in one place.
+
+Forward steps travel as a Celery chain: each step message carries the saga header
+(:data:`HEADER`: saga id, step index, step count, the steps to undo if it fails, the
+deadline) and, as ``link_error``, the chain of immutable ``celery_saga.compensate``
+signatures of the steps before it, newest first. The step task sends the next step
+itself once its result is committed (:func:`send_next`), so a failed publish never
+looks like a failed step to Celery. Everything here is rebuilt from the stored plan,
+so the recovery sweep and the operator's commands send the very same messages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from celery import Celery, Signature, Task, chain
+from celery.exceptions import Retry
+from celery.utils.saferepr import saferepr
+
+from . import _observe
+from .config import get_config
+from .machine import Delivery
+
+__all__ = [
+    "COMPENSATE_TASK",
+    "HEADER",
+    "build_chain",
+    "compensation_chain",
+    "compensation_delivery",
+    "publish",
+    "republish",
+    "send_next",
+    "step_delivery",
+    "step_signatures",
+    "step_task_id",
+]
+
+#: The message header that makes a task run as a saga step.
+HEADER = "celery_saga"
+#: The internal task that runs one compensation.
+COMPENSATE_TASK = "celery_saga.compensate"
+
+
+def step_task_id(saga_id: str, index: int) -> str:
+    """The Celery task id of a saga's forward step (stable: the same on every publication)."""
+    return f"{saga_id}:{index}"
+
+
+def step_delivery(header: Mapping[str, Any]) -> Delivery:
+    """What a step message's saga header says, for the state machine."""
+    index: int = header["i"]
+    undo = header.get("u")
+    if undo is None:  # sent before the header listed them: the errbacks know
+        undo = list(range(index - 1, -1, -1)) if header.get("c") else []
+    return Delivery(
+        saga_id=header["id"],
+        name=header.get("name", ""),
+        index=index,
+        count=header["n"],
+        undo=tuple(undo),
+        deadline=header.get("d"),
+        started=header.get("t"),
+    )
+
+
+def compensation_delivery(saga_id: str, index: int, name: str, last: bool) -> Delivery:
+    """What a compensation message says, for the state machine."""
+    return Delivery(saga_id=saga_id, name=name, index=index, count=0, last=last)
+
+
+def _compensation_route(app: Celery, compensate: str) -> dict[str, Any]:
+    """Send a compensation to the queue its own task would go to."""
+    queue = getattr(app.tasks[compensate], "queue", None) if compensate in app.tasks else None
+    if queue is None:
+        route = app.amqp.router.route({}, compensate, (), {})
+        destination = route.get("queue")
+        queue = getattr(destination, "name", destination)
+    return {"queue": queue} if isinstance(queue, str) and queue else {}
+
+
+def compensation_chain(
+    app: Celery,
+    saga_id: str,
+    plan: Mapping[str, Any],
+    undo: Sequence[int],
+    routes: dict[str, dict[str, Any]] | None = None,
+) -> Signature[Any] | None:
+    """The ``celery_saga.compensate`` messages of the given steps, in the order given.
+
+    The last one carries ``last=True``: it settles the saga. ``routes`` caches each
+    compensation's queue across calls.
+    """
+    steps: Sequence[Mapping[str, Any]] = plan["steps"]
+    routes = {} if routes is None else routes
+    signatures = []
+    for position, index in enumerate(undo):
+        compensate = steps[index]["compensate"]
+        if compensate not in routes:
+            routes[compensate] = _compensation_route(app, compensate)
+        signatures.append(
+            app.signature(
+                COMPENSATE_TASK,
+                args=(saga_id, index),
+                kwargs={"last": position == len(undo) - 1, "name": plan["name"]},
+                immutable=True,
+                **routes[compensate],
+            )
+        )
+    if not signatures:
+        return None
+    return signatures[0] if len(signatures) == 1 else chain(*signatures, app=app)
+
+
+def undo_list(steps: Sequence[Mapping[str, Any]], index: int) -> list[int]:
+    """The steps a step's final failure undoes, newest first (itself first when in doubt)."""
+    undo = [s["index"] for s in reversed(steps[:index]) if s["compensate"]]
+    if steps[index].get("undo_timeout"):  # in doubt if it times out: undo it first then
+        undo.insert(0, index)
+    return undo
+
+
+def step_signatures(
+    app: Celery,
+    saga_id: str,
+    plan: Mapping[str, Any],
+    start: int = 0,
+    created: datetime | None = None,
+    previous: Sequence[Any] = (),
+) -> list[Signature[Any]]:
+    """The messages of a stored plan's steps from ``start`` on, each with its errbacks.
+
+    ``created`` (naive UTC, when the saga was stored) lets workers report durations.
+    ``previous`` is ``(result,)`` of the step before ``start``: what a mutable first
+    step gets as its first argument, as Celery's chain would have passed it.
+    """
+    started = None if created is None else created.replace(tzinfo=UTC).timestamp()
+    steps: list[Mapping[str, Any]] = plan["steps"]
+    count = len(steps)
+    routes: dict[str, dict[str, Any]] = {}
+    signatures: list[Signature[Any]] = []
+    redacting = get_config(app).redact is not None
+    deadline = started + plan["deadline"] if started and plan.get("deadline") else None
+    for step in steps[start:]:
+        index = step["index"]
+        undo = undo_list(steps, index)
+        errback = compensation_chain(app, saga_id, plan, undo, routes)
+        options = dict(step["options"])
+        options["task_id"] = step_task_id(saga_id, index)
+        # The saga store keeps the step's result: no copy in Celery's result backend.
+        options["ignore_result"] = True
+        header: dict[str, Any] = {
+            "id": saga_id,
+            "i": index,
+            "n": count,
+            "c": errback is not None,
+            "u": undo,
+            "s": step["stage"],
+            "name": plan["name"],
+            "t": started,
+        }
+        if deadline is not None:
+            header["d"] = deadline
+        options["headers"] = {**(options.get("headers") or {}), HEADER: header}
+        if errback is not None:
+            options["link_error"] = [errback]
+        if redacting:  # what Celery's logs, events and Flower show of the arguments
+            options["argsrepr"] = saferepr(
+                _observe.redact(app, step["task"], "args", tuple(step["args"]))
+            )
+            options["kwargsrepr"] = saferepr(
+                _observe.redact(app, step["task"], "kwargs", dict(step["kwargs"]))
+            )
+        args = tuple(step["args"])
+        if index == start and not step["immutable"]:
+            args = (*previous, *args)
+        signatures.append(
+            app.signature(
+                step["task"],
+                args=args,
+                kwargs=dict(step["kwargs"]),
+                options=options,
+                immutable=step["immutable"],
+            )
+        )
+    return signatures
+
+
+def build_chain(
+    app: Celery,
+    saga_id: str,
+    plan: Mapping[str, Any],
+    start: int = 0,
+    created: datetime | None = None,
+) -> Signature[Any]:
+    """The Celery chain of a stored plan's steps from ``start`` on."""
+    signatures = step_signatures(app, saga_id, plan, start, created)
+    return signatures[0] if len(signatures) == 1 else chain(*signatures, app=app)
+
+
+def publish(
+    app: Celery,
+    saga_id: str,
+    plan: Mapping[str, Any],
+    start: int = 0,
+    created: datetime | None = None,
+    previous: Sequence[Any] = (),
+) -> None:
+    """Send a stored plan's steps from ``start`` on, as one Celery chain.
+
+    The same message ``build_chain(...).apply_async()`` sends (the first step, carrying
+    the rest in its ``chain`` field), without the chain's pass that clones and freezes
+    every signature: these were all made just now, with their task ids set.
+    """
+    first, *rest = step_signatures(app, saga_id, plan, start, created, previous)
+    first.apply_async(chain=rest[::-1] or None)
+
+
+def send_next(task: Task[Any, Any], result: Any) -> None:
+    """Send the rest of the running step's chain, ``result`` first in line, as Celery would.
+
+    Takes the chain off the request, so Celery sends nothing after the task returns:
+    a publish that fails raises here, to the step task, and never reaches Celery as
+    a failure of the step (which would fire its errbacks).
+    """
+    request = task.request
+    chained: list[Any] = list(request.chain or ())
+    request.chain = None
+    if not chained:
+        return
+    following = Signature(chained.pop(), app=task.app)
+    following.apply_async(
+        (result,),
+        chain=chained or None,
+        parent_id=request.id,
+        root_id=request.root_id or request.id,
+    )
+
+
+def republish(task: Task[Any, Any], countdown: float, **header: Any) -> Retry:
+    """Send the running message again in ``countdown`` s, its saga header updated.
+
+    Unlike ``task.retry`` it leaves Celery's ``request.retries`` alone, so waiting for
+    the store never spends the task's ``max_retries`` or the step's retry policy.
+    Returns the ``Retry`` to raise (Celery then records the message as retried).
+    """
+    request = task.request
+    headers = dict(request.headers or {})
+    saga = dict(request.get(HEADER) or headers.get(HEADER) or {})
+    saga.update(header)
+    headers[HEADER] = saga
+    signature = task.signature_from_request(
+        request, countdown=countdown, retries=request.retries, headers=headers
+    )
+    signature.apply_async()
+    return Retry(when=datetime.now(UTC) + timedelta(seconds=countdown), sig=signature)

@@ -1,0 +1,712 @@
+"""What runs inside a worker: the step task's saga protocol and ``celery_saga.compensate``.
+
+Each turns what happened (the message arrived, the claim found this, the body raised
+that) into an event for :mod:`celery_saga.machine`, commits the move's transition to
+the store, and carries out its messages. A store that cannot be reached never counts
+against a step: the message is sent again later with Celery's retry count untouched,
+carrying what it still has to record, so the body does not run again for it.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any, NoReturn
+
+from celery import Celery, Task
+from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded
+from celery.utils.log import get_task_logger
+from kombu.utils.json import dumps as json_dumps
+from kombu.utils.json import loads as json_loads
+
+from . import _drive, _faults, _observe, signals
+from ._errors import describe_error
+from ._runtime import get_store
+from ._values import unstorable
+from .config import get_config
+from .context import StepContext, running
+from .definition import StepDefinition
+from .dispatch import COMPENSATE_TASK, HEADER, compensation_delivery, republish, send_next
+from .dispatch import step_delivery as _delivery
+from .errors import SagaConfigurationError, SagaStoreError, SagaValidationError
+from .machine import (
+    AttemptFailed,
+    AttemptReleased,
+    AttemptSucceeded,
+    Claimed,
+    CompensationClaimed,
+    CompensationFailed,
+    CompensationSucceeded,
+    Delivered,
+    Delivery,
+    Drop,
+    Ended,
+    Fail,
+    FailureRecorded,
+    Move,
+    Outcome,
+    PassOn,
+    Reconcile,
+    Release,
+    RetryLater,
+    Run,
+    SendCompensations,
+    SendNext,
+    Stop,
+    SuccessRecorded,
+    decide,
+)
+from .signals import SagaEvent, StepEvent
+from .status import SagaStatus, StepStatus
+from .store import EncodedJSON, SagaStore
+
+__all__ = ["check_store", "register_tasks", "run_step"]
+
+logger = get_task_logger("celery_saga.execution")
+compensation_logger = get_task_logger("celery_saga.compensation")
+
+_MAX_STORE_RETRY_DELAY = 30.0
+_MAX_COMPENSATION_DELAY = 60.0
+
+
+# -- leases: renewed while the body runs -----------------------------------------------
+
+
+class _Heartbeat:
+    """Renews the leases of the claims this process holds, every third of the lease."""
+
+    def __init__(self, store: SagaStore, lease: float) -> None:
+        self.store = store
+        self.lease = lease
+        self.claims: set[tuple[str, int, str]] = set()
+        self.lock = threading.Lock()
+        self.pid = os.getpid()
+        self.thread = threading.Thread(target=self._beat, name="celery-saga-lease", daemon=True)
+        self.thread.start()
+
+    def _beat(self) -> None:
+        while True:
+            time.sleep(self.lease / 3)
+            with self.lock:
+                claims = list(self.claims)
+            if not claims:
+                continue
+            try:
+                self.store.renew_leases(claims, self.lease)
+            except Exception:  # the store is down: the next beat tries again
+                logger.warning("celery_saga: could not renew %d step leases", len(claims))
+
+
+_HEARTBEAT_ATTR = "_celery_saga_heartbeat"
+_heartbeat_lock = threading.Lock()
+
+
+def _heartbeat(app: Celery) -> _Heartbeat:
+    beat: _Heartbeat | None = app.__dict__.get(_HEARTBEAT_ATTR)
+    if beat is not None and beat.pid == os.getpid():
+        return beat
+    with _heartbeat_lock:
+        beat = app.__dict__.get(_HEARTBEAT_ATTR)
+        if beat is None or beat.pid != os.getpid():  # none yet, or the parent's (forked)
+            beat = _Heartbeat(get_store(app), get_config(app).step_lease)
+            setattr(app, _HEARTBEAT_ATTR, beat)
+        return beat
+
+
+class _Held:
+    """While the block runs, the heartbeat keeps the claim's lease alive."""
+
+    def __init__(self, app: Celery, claim: tuple[str, int, str]) -> None:
+        self.beat = _heartbeat(app)
+        self.claim = claim
+
+    def __enter__(self) -> None:
+        with self.beat.lock:
+            self.beat.claims.add(self.claim)
+
+    def __exit__(self, *exc: object) -> None:
+        with self.beat.lock:
+            self.beat.claims.discard(self.claim)
+
+
+# -- the store being down --------------------------------------------------------------
+
+
+def _store_retry(task: Task[Any, Any], exc: SagaStoreError, **pending: Any) -> NoReturn:
+    """The store is down: send this message again later (``pending``: what to record then).
+
+    Never through ``task.retry``: that would spend the task's ``max_retries`` and make
+    a step's retry policy end early once the store is back. After
+    ``saga_store_max_retries`` the message is given up: the saga is the sweep's then.
+    """
+    header: Mapping[str, Any] = task.request.get(HEADER) or {}
+    tries = int(header.get("r", 0))
+    if tries >= get_config(task.app).store_max_retries:
+        logger.error(
+            "%s; gave up sending %s again after %d tries: the recovery sweep "
+            "drives the saga on once the store is back",
+            exc,
+            task.name,
+            tries,
+        )
+        raise Ignore() from exc
+    delay = min(2.0**tries, _MAX_STORE_RETRY_DELAY)
+    logger.warning("%s; retrying %s in %.0f s", exc, task.name, delay)
+    raise republish(task, delay, r=tries + 1, **pending) from exc
+
+
+def check_store(app: Celery) -> bool:
+    """Whether the app's store can be reached; logs an ERROR naming it when not."""
+    store = get_store(app)
+    try:
+        store.ensure_schema()
+        store.schema_version()
+    except SagaStoreError as exc:
+        logger.error(
+            "celery_saga: this worker cannot reach its saga store %s: %s; saga "
+            "steps wait until it can",
+            store.safe_url,
+            exc,
+        )
+        return False
+    return True
+
+
+# -- forward steps ---------------------------------------------------------------------
+
+
+def _encode_result(result: Any, limit: int, step_name: str) -> EncodedJSON:
+    """The result as the JSON the store keeps, or a clear error if it cannot be kept."""
+    try:
+        encoded = json_dumps(result)
+    except (TypeError, ValueError) as exc:
+        raise SagaValidationError(
+            f"saga step {step_name!r} returned a value that is not JSON-serialisable "
+            f"({exc}); return plain data (dict, list, str, numbers) from saga steps"
+        ) from exc
+    problem = unstorable(result)
+    if problem is not None:
+        raise SagaValidationError(
+            f"saga step {step_name!r} returned {problem}; the saga store cannot keep "
+            f"that: strip or encode it (e.g. base64) in the step"
+        )
+    if len(encoded) > limit:
+        raise SagaValidationError(
+            f"saga step {step_name!r} returned {len(encoded)} bytes of JSON, over the "
+            f"saga_max_result_bytes limit of {limit}; store large data elsewhere and "
+            f"return a reference to it"
+        )
+    return EncodedJSON(encoded)
+
+
+def _due(exc: Exception) -> float | None:
+    """Seconds until a Retry's next attempt is due (None: now, or not a retry)."""
+    when = getattr(exc, "when", None) if isinstance(exc, Retry) else None
+    if isinstance(when, datetime):
+        aware = when if when.tzinfo else when.replace(tzinfo=UTC)
+        return max((aware - datetime.now(UTC)).total_seconds(), 0.0)
+    if isinstance(when, int | float) and not isinstance(when, bool):
+        return float(when)
+    return None
+
+
+def _seconds_since(epoch: float | None) -> float | None:
+    return None if epoch is None else max(time.time() - epoch, 0.0)
+
+
+class _StepShell:
+    """One delivery of a step message: the state machine's moves carried out."""
+
+    def __init__(
+        self,
+        task: Task[Any, Any],
+        definition: StepDefinition,
+        d: Delivery,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        self.task = task
+        self.app = task.app
+        self.definition = definition
+        self.d = d
+        self.args = args
+        self.kwargs = kwargs
+        self.store = get_store(task.app)
+        self.config = get_config(task.app)
+        self.started = time.monotonic()
+        self.attempt = 0
+
+    def event(self, **fields: Any) -> StepEvent:
+        return StepEvent(
+            saga_id=self.d.saga_id,
+            saga_name=self.d.name,
+            step_index=self.d.index,
+            step_name=self.task.name,
+            **fields,
+        )
+
+    def timed(self, **fields: Any) -> StepEvent:
+        duration = time.monotonic() - self.started
+        return self.event(attempt=self.attempt, duration=duration, **fields)
+
+    # what every move may ask for
+    def carry_out(self, move: Move, result: Any = None) -> Any:
+        dropped = False
+        for message in move.messages:
+            if isinstance(message, PassOn):
+                result = message.result
+            elif isinstance(message, SendNext):
+                self.send_next(result)
+            elif isinstance(message, Reconcile):
+                self.guard(lambda: _drive.settle(self.app, self.d.saga_id))
+            elif isinstance(message, Ended):
+                status = message.status
+                assert status is not None
+                error = self.failure if status is SagaStatus.COMPENSATED else None
+                signals.send_saga_end(
+                    SagaEvent(
+                        self.d.saga_id,
+                        self.d.name,
+                        status,
+                        _seconds_since(self.d.started),
+                        error,
+                        None if error is None else self.d.index,
+                    )
+                )
+            elif isinstance(message, Drop):
+                self.drop(message)
+                dropped = True
+            else:
+                raise TypeError(f"a step does not carry out {message!r}")
+        if dropped:
+            raise Ignore()
+        return result
+
+    failure: dict[str, Any] | None = None
+
+    def guard(self, write: Callable[[], Any], **pending: Any) -> Any:
+        try:
+            return write()
+        except SagaStoreError as exc:
+            _store_retry(self.task, exc, **pending)
+
+    def drop(self, message: Drop) -> None:
+        d = self.d
+        if message.reason == "missing":
+            logger.error(
+                "saga %s step %d (%s) not run: the saga store %s does not know "
+                "this saga (is the producer using another store?)",
+                d.saga_id,
+                d.index,
+                self.task.name,
+                self.store.safe_url,
+            )
+            signals.saga_not_found.send(
+                sender=self.task.name,
+                event=self.event(reason=f"not in the saga store {self.store.safe_url}"),
+            )
+            signals.step_skipped.send(sender=self.task.name, event=self.event(reason="missing"))
+            return
+        level = getattr(logger, message.level)
+        level(
+            "saga %s step %d (%s) not run: %s", d.saga_id, d.index, self.task.name, message.reason
+        )
+        if message.reason in ("done", "busy", "stopped", "halted", "deadline"):
+            signals.step_skipped.send(
+                sender=self.task.name, event=self.event(reason=message.reason)
+            )
+
+    def send_next(self, result: Any) -> None:
+        try:
+            send_next(self.task, result)
+        except Exception:
+            # The step is recorded: never let Celery take this for the step's failure.
+            logger.exception(
+                "saga %s step %d: recorded, but the next step could not be "
+                "sent; the recovery sweep sends it",
+                self.d.saga_id,
+                self.d.index,
+            )
+            raise Ignore() from None
+
+    def run(self, original: Callable[..., Any]) -> Any:
+        d = self.d
+        move = decide(d, Delivered(time.time()))
+        if isinstance(move.transition, Stop):  # past the deadline: stop, do not start
+            error = move.transition.error
+            stopped = self.guard(lambda: self.store.cancel_saga(d.saga_id, error))
+            if not stopped:
+                move = Move(messages=(Drop("deadline"),))
+            return self.carry_out(move)
+        pending = self.task.request.get(HEADER, {}).get("p")
+        if pending:  # the body ran; the store was down when its outcome was to be written
+            return self.record_pending(pending)
+        token = uuid.uuid4().hex
+        claim = self.guard(
+            lambda: self.store.claim_step(
+                d.saga_id,
+                d.index,
+                token,
+                self.args,
+                self.kwargs,
+                self.config.step_lease,
+                stage=self.task.request.get(HEADER, {}).get("s", d.index),
+                task=self.task.name,
+                compensate=self.definition.compensation_name,
+            )
+        )
+        move = decide(d, Claimed(Outcome(claim.outcome.value), claim.result))
+        if not any(isinstance(m, Run) for m in move.messages):
+            if claim.outcome.value == "done":  # a redelivery: say it was skipped
+                self.drop(Drop("done"))
+            return self.carry_out(move)
+        self.attempt = claim.attempt
+        with _Held(self.app, (d.saga_id, d.index, token)):
+            return self.attempt_body(original, token)
+
+    def attempt_body(self, original: Callable[..., Any], token: str) -> Any:
+        d = self.d
+        context = StepContext(
+            saga_id=d.saga_id,
+            saga_name=d.name,
+            step_index=d.index,
+            step_name=self.task.name,
+            attempt=self.attempt,
+        )
+        inject = _faults.injector(self.app)
+        names = (self.task.name,)
+        inject("claimed", context, names)
+        begun = self.event(attempt=self.attempt)
+        signals.step_started.send(sender=self.task.name, event=begun)
+        self.started = time.monotonic()
+        try:
+            with _observe.step(self.app, begun, self.args, self.kwargs) as scope, running(context):
+                inject("body", context, names)
+                result = original(*self.args, **self.kwargs)
+                scope.set_result(result)
+                encoded = _encode_result(result, self.config.max_result_bytes, self.task.name)
+        except (Retry, Reject, Ignore) as exc:
+            # The message comes back (retry, requeue) or is dropped on purpose.
+            error = describe_error(exc)
+            move = decide(d, AttemptReleased(_due(exc)))
+            try:
+                self.release(token, error, move)
+            except SagaStoreError:
+                logger.exception("saga %s step %d: could not release the claim", d.saga_id, d.index)
+            if isinstance(exc, Retry):
+                signals.step_retried.send(
+                    sender=self.task.name, event=self.timed(error=error, reason="retry")
+                )
+            raise
+        except Exception as exc:
+            self.failed(exc, token)
+            raise  # its errbacks (the compensations) are the move's messages
+        inject("done", context, names)
+        return self.succeeded(token, result, encoded)
+
+    def release(self, token: str, error: Mapping[str, Any] | None, move: Move) -> None:
+        assert isinstance(move.transition, Release)
+        delay = move.transition.delay
+        due = None if delay is None else datetime.now(UTC) + timedelta(seconds=delay)
+        self.store.release_step(self.d.saga_id, self.d.index, token, error, due)
+
+    def failed(self, exc: Exception, token: str) -> None:
+        """The body raised: retry it as its policy says, or record the final failure."""
+        d = self.d
+        error = describe_error(exc)
+        policy = self.definition.retry
+        timed_out = isinstance(exc, SoftTimeLimitExceeded)
+        failure = AttemptFailed(
+            attempt=self.attempt,
+            timed_out=timed_out,
+            undo_on_timeout=self.definition.compensate_on_timeout,
+        )
+        if policy is not None:
+            error["retryable"] = policy.retryable(exc)
+            error["attempt"] = self.attempt
+            failure = AttemptFailed(
+                attempt=self.attempt,
+                retryable=error["retryable"],
+                attempts=policy.attempts,
+                delay=policy.delay(self.attempt),
+                timed_out=timed_out,
+                undo_on_timeout=self.definition.compensate_on_timeout,
+            )
+        move = decide(d, failure)
+        if isinstance(move.transition, Release):
+            self.guard(
+                lambda: self.release(token, error, move),
+                p={"k": token, "release": error, "delay": failure.delay},
+            )
+            (retry,) = (m for m in move.messages if isinstance(m, RetryLater))
+            signals.step_retried.send(
+                sender=self.task.name, event=self.timed(error=error, reason="retry")
+            )
+            logger.info(
+                "saga %s step %d attempt %d failed (%s); retry in %.2f s",
+                d.saga_id,
+                d.index,
+                self.attempt,
+                error["type"],
+                retry.countdown,
+            )
+            request = self.task.request
+            raise self.task.retry(
+                exc=exc, countdown=retry.countdown, max_retries=(request.retries or 0) + 1
+            ) from exc
+        assert isinstance(move.transition, Fail)
+        fail = move.transition
+        self.record_failure(token, error, fail, exc, reason="timeout" if timed_out else "error")
+
+    def record_failure(
+        self, token: str, error: dict[str, Any], fail: Fail, exc: Exception | None, reason: str
+    ) -> None:
+        d = self.d
+        pending = {
+            "k": token,
+            "fail": error,
+            "step_status": fail.step_status.value,
+            "saga_status": fail.saga_status.value,
+            "reason": reason,
+        }
+        recorded = self.guard(
+            lambda: self.store.fail_step(
+                d.saga_id,
+                d.index,
+                token,
+                error,
+                saga_status=fail.saga_status,
+                step_status=fail.step_status,
+            ),
+            p=pending,
+        )
+        move = decide(
+            d,
+            FailureRecorded(recorded.recorded, recorded.moved, fail.saga_status, fail.step_status),
+        )
+        if recorded:
+            failed = self.timed(error=error, reason=reason)
+            if reason == "timeout":
+                signals.step_timed_out.send(sender=self.task.name, event=failed)
+            signals.step_failed.send(sender=self.task.name, event=failed)
+        self.failure = error
+        sends = [m for m in move.messages if isinstance(m, SendCompensations)]
+        rest = Move(
+            messages=tuple(m for m in move.messages if not isinstance(m, SendCompensations))
+        )
+        self.carry_out(rest)  # a lost claim drops the message (Ignore): no errbacks then
+        if sends and exc is None:  # recorded on a later delivery: no errbacks to fire
+            self.guard(lambda: _drive.settle(self.app, d.saga_id))
+
+    def succeeded(self, token: str, result: Any, encoded: EncodedJSON) -> Any:
+        d = self.d
+        move = decide(d, AttemptSucceeded())
+        pending = {"k": token, "ok": str(encoded)}
+        completion = self.guard(
+            lambda: self.store.complete_step(
+                d.saga_id, d.index, token, encoded, last=d.is_last_step
+            ),
+            p=pending,
+        )
+        del move  # Complete(last=d.is_last_step): what was just written
+        move = decide(d, SuccessRecorded(Outcome(completion.value)))
+        if completion.value != "lost":
+            signals.step_succeeded.send(sender=self.task.name, event=self.timed())
+        return self.carry_out(move, result)
+
+    def record_pending(self, pending: Mapping[str, Any]) -> Any:
+        """Write what an earlier delivery could not (the store was down then)."""
+        token = pending["k"]
+        if "ok" in pending:
+            encoded = EncodedJSON(pending["ok"])
+            return self.succeeded(token, json_loads(encoded), encoded)
+        if "release" in pending:
+            delay = pending.get("delay")
+            due = None if delay is None else datetime.now(UTC) + timedelta(seconds=delay)
+            self.guard(
+                lambda: self.store.release_step(
+                    self.d.saga_id, self.d.index, token, pending["release"], due
+                ),
+                p=dict(pending),
+            )
+            # recorded: now the retry its policy asked for, as a message of its own
+            raise republish(self.task, delay or 0.0, r=0, p=None)
+        fail = Fail(StepStatus(pending["step_status"]), SagaStatus(pending["saga_status"]))
+        self.record_failure(token, dict(pending["fail"]), fail, None, pending["reason"])
+        raise Ignore()
+
+
+def run_step(
+    task: Task[Any, Any],
+    definition: StepDefinition,
+    original: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Any:
+    """The ``run`` of a saga step task: the original function, wrapped in the saga protocol."""
+    request = task.request
+    header: Mapping[str, Any] | None = request.get(HEADER) if request is not None else None
+    if not header or "id" not in header:
+        return original(*args, **kwargs)
+    return _StepShell(task, definition, _delivery(header), args, kwargs).run(original)
+
+
+# -- compensations ---------------------------------------------------------------------
+
+
+def _compensate(
+    self: Task[Any, Any], saga_id: str, index: int, last: bool = False, name: str = ""
+) -> None:
+    """Run the compensation of one succeeded step (the body of ``celery_saga.compensate``)."""
+    app = self.app
+    config = get_config(app)
+    store = get_store(app)
+    d = compensation_delivery(saga_id, index, name, last)
+    log = compensation_logger
+
+    def guard(write: Callable[[], Any]) -> Any:
+        try:
+            return write()
+        except SagaStoreError as exc:
+            _store_retry(self, exc)
+
+    def carry_out(move: Move) -> None:
+        for message in move.messages:
+            if isinstance(message, Reconcile):
+                guard(lambda: _drive.settle(app, saga_id))
+            elif isinstance(message, Drop):
+                if message.reason == "missing":
+                    log.error(
+                        "saga %s: compensation of step %d not run: the saga store %s "
+                        "does not know this saga",
+                        saga_id,
+                        index,
+                        store.safe_url,
+                    )
+                else:
+                    getattr(log, message.level)(
+                        "saga %s: compensation of step %d not run: %s",
+                        saga_id,
+                        index,
+                        message.reason,
+                    )
+                raise Ignore()
+            else:
+                raise TypeError(f"a compensation does not carry out {message!r}")
+
+    token = uuid.uuid4().hex
+    claim = guard(lambda: store.claim_compensation(saga_id, index, token, config.step_lease))
+    move = decide(d, CompensationClaimed(Outcome(claim.outcome.value)), compensation=True)
+    if not any(isinstance(m, Run) for m in move.messages):
+        carry_out(move)
+        return
+    step = claim.step
+    assert step is not None
+    assert step.compensate is not None
+    sender = step.compensate
+
+    def event(**fields: Any) -> StepEvent:
+        return StepEvent(
+            saga_id=saga_id,
+            saga_name=name,
+            step_index=index,
+            step_name=step.name,
+            attempt=claim.attempt,
+            compensate=step.compensate,
+            **fields,
+        )
+
+    context = StepContext(
+        saga_id=saga_id,
+        saga_name=name,
+        step_index=index,
+        step_name=step.name,
+        attempt=claim.attempt,
+        compensating=True,
+    )
+    inject = _faults.injector(app)
+    names = (step.name, step.compensate)
+    inject("claimed", context, names)
+    begun = event()
+    signals.compensation_started.send(sender=sender, event=begun)
+    started = time.monotonic()
+    try:
+        with (
+            _Held(app, (saga_id, index, token)),
+            _observe.compensation(app, begun, step),
+            running(context),
+        ):
+            inject("body", context, names)
+            compensation = app.tasks.get(step.compensate)
+            if compensation is None:
+                raise SagaConfigurationError(
+                    f"compensation task {step.compensate!r} is not registered in this worker"
+                )
+            compensation(step.result, *(step.args or ()), **(step.kwargs or {}))
+    except Exception as exc:
+        error = describe_error(exc)
+        retries = self.request.retries
+        delay = min(config.compensation_retry_delay * 2.0**retries, _MAX_COMPENSATION_DELAY)
+        failure = CompensationFailed(
+            retries,
+            config.compensation_max_retries,
+            delay,
+            final=isinstance(exc, SagaConfigurationError),
+        )
+        move = decide(d, failure, compensation=True)
+        gave_up = not any(isinstance(m, RetryLater) for m in move.messages)
+        guard(
+            lambda: store.finish_compensation(saga_id, index, token, error=error, gave_up=gave_up)
+        )
+        signals.compensation_failed.send(
+            sender=sender,
+            event=event(
+                duration=time.monotonic() - started,
+                error=error,
+                reason="gave up" if gave_up else "retry",
+            ),
+        )
+        if not gave_up:
+            log.warning(
+                "saga %s: compensation of step %d failed (%s); retry in %.1f s",
+                saga_id,
+                index,
+                error["type"],
+                delay,
+            )
+            raise self.retry(
+                exc=exc, countdown=delay, max_retries=config.compensation_max_retries
+            ) from exc
+        message = _observe.redact(app, sender, "error", error["message"])
+        log.error(
+            "saga %s: compensation of step %d gave up: %s: %s",
+            saga_id,
+            index,
+            error["type"],
+            message,
+        )
+        carry_out(Move(messages=tuple(m for m in move.messages if isinstance(m, Reconcile))))
+        return
+    inject("done", context, names)
+    move = decide(d, CompensationSucceeded(), compensation=True)
+    guard(lambda: store.finish_compensation(saga_id, index, token))
+    signals.compensation_succeeded.send(
+        sender=sender, event=event(duration=time.monotonic() - started)
+    )
+    carry_out(move)
+
+
+def register_tasks(app: Celery) -> None:
+    """Register celery_saga's internal compensation task on the app."""
+    app.task(
+        name=COMPENSATE_TASK,
+        bind=True,
+        acks_late=True,
+        reject_on_worker_lost=True,
+        ignore_result=True,
+        shared=False,
+    )(_compensate)
