@@ -18,14 +18,14 @@ from celery_saga import (
     SagaStatus,
     SagaValidationError,
     StepStatus,
+    dispatch,
     recover,
 )
 from celery_saga import canvas as canvas_module
-from celery_saga import dispatch
 from celery_saga import recovery as recovery_module
+from celery_saga._drive import state_of
 from celery_saga._runtime import get_store
 from celery_saga.config import get_config
-from celery_saga._drive import state_of
 from celery_saga.machine import Sweep, decide
 from celery_saga.recovery import RECOVER_TASK
 from celery_saga.store import Completion, EncodedJSON
