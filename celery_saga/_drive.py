@@ -30,6 +30,7 @@ from .machine import (
     SendSteps,
     Settle,
     Stop,
+    TakeOver,
     decide,
 )
 from .records import SagaRecord
@@ -74,6 +75,9 @@ def _commit(app: Celery, saga: SagaRecord, move: Move, force: bool) -> bool:
         return True
     if isinstance(transition, Stop):
         return store.cancel_saga(saga.id, transition.error)
+    if isinstance(transition, TakeOver):
+        store.expire_leases(saga.id)
+        return True
     if isinstance(transition, MarkInDoubt):
         error = {
             "type": IN_DOUBT,

@@ -78,6 +78,7 @@ __all__ = [
     "Stop",
     "SuccessRecorded",
     "Sweep",
+    "TakeOver",
     "decide",
 ]
 
@@ -352,6 +353,11 @@ class Stop:
 
 
 @dataclass(frozen=True)
+class TakeOver:
+    """End the leases of the saga's running steps now: their owners are known dead."""
+
+
+@dataclass(frozen=True)
 class MarkInDoubt:
     """Steps whose worker was lost while the saga compensates: they may have taken effect."""
 
@@ -387,6 +393,7 @@ Transition: TypeAlias = (
     | Fail
     | Release
     | Stop
+    | TakeOver
     | MarkInDoubt
     | ClaimCompensation
     | RecordCompensation
@@ -677,7 +684,8 @@ def _drive(s: SagaState, now: datetime, stall: float | None, force: bool = False
                 start = step.index
                 why = "its owner is known dead" if force else "ran out"
                 return Move(
-                    messages=(SendSteps(start),),
+                    TakeOver() if force else None,
+                    (SendSteps(start),),
                     action="forward",
                     reason=f"the lease of step {start} {why}",
                     steps=tuple(range(start, len(s.steps))),

@@ -219,6 +219,23 @@ def make_app(
         ledger.add("do", tag)
         return object()
 
+    @saga_step
+    @app.task(name="shop.two_args", shared=False)
+    def two_args(a: Any, b: Any) -> Any:
+        """A step of two positional arguments (no keywords)."""
+        return [a, b]
+
+    @saga_step(compensate=undo)
+    @app.task(name="shop.echo", shared=False)
+    def echo(*args: Any, tag: str, value: Any = None, poison: str = "", **kwargs: Any) -> Any:
+        """A step that returns ``value`` as it is; ``poison``: text no store keeps instead."""
+        ledger.add("do", tag)
+        if poison == "nul":
+            return {"text": "a\x00b"}
+        if poison == "surrogate":
+            return ["\udc80"]
+        return value
+
     return app
 
 

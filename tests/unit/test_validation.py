@@ -166,3 +166,56 @@ def test_eager_mode_is_refused(app: Celery) -> None:
     app.conf.task_always_eager = True
     with pytest.raises(SagaConfigurationError, match="real worker"):
         saga(app.signature("shop.act", kwargs={"tag": "a"}), app=app).apply_async()
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [("a\x00b", "NUL character"), ({"k\x00": 1}, "NUL character"), (["\ud800"], "surrogate")],
+)
+def test_text_the_store_cannot_keep_is_refused(
+    app: Celery, published: list[str], value: object, problem: str
+) -> None:
+    """NUL characters and lone surrogates in arguments are a validation error, not retryable."""
+    steps = saga(app.signature("shop.act", args=(value,), kwargs={"tag": "a"}), app=app)
+    with pytest.raises(SagaValidationError, match=problem) as raised:
+        steps.apply_async(saga_id="bad-text")
+    assert raised.value.retryable is False
+    assert _nothing_stored(app, "bad-text")
+    assert published == []
+
+
+def test_oversize_arguments_are_refused(app: Celery, published: list[str]) -> None:
+    """Arguments over saga_max_result_bytes are refused before anything is stored or sent."""
+    app.conf.saga_max_result_bytes = 1000
+    steps = saga(app.signature("shop.act", args=("x" * 2000,), kwargs={"tag": "a"}), app=app)
+    with pytest.raises(SagaValidationError, match="over the saga_max_result_bytes limit"):
+        steps.apply_async(saga_id="big-arg")
+    assert _nothing_stored(app, "big-arg")
+    assert published == []
+
+
+def test_arguments_that_do_not_bind_are_refused(app: Celery, published: list[str]) -> None:
+    """Arguments that do not fit the signature (with .s()'s previous result) are refused."""
+
+    @saga_step
+    @app.task(name="shop.two", shared=False)
+    def two(a: int, b: int) -> int:
+        return a + b
+
+    ok = saga(app.signature("shop.two", args=(1, 2)), app.signature("shop.two", args=(3,)), app=app)
+    ok.plan()  # the second gets the first's result as ``a``
+    first = saga(app.signature("shop.two", args=(1, 2, 3)), app=app)
+    with pytest.raises(SagaValidationError, match=r"do not fit its signature shop.two\(a"):
+        first.apply_async(saga_id="bad-bind")
+    later = saga(app.signature("shop.two", args=(1, 2)), app.signature("shop.two", args=(3, 4)),
+                 app=app)  # fmt: skip
+    with pytest.raises(SagaValidationError, match="after the previous step's result"):
+        later.apply_async(saga_id="bad-bind-2")
+    unknown = saga(app.signature("shop.two", args=(1,), kwargs={"b": 1, "c": 2}), app=app)
+    with pytest.raises(SagaValidationError, match="unexpected keyword argument 'c'"):
+        unknown.apply_async(saga_id="bad-bind-3")
+    immutable = saga(app.signature("shop.two", args=(1, 2)),
+                     app.signature("shop.two", args=(3, 4), immutable=True), app=app)  # fmt: skip
+    immutable.plan()
+    assert all(_nothing_stored(app, i) for i in ("bad-bind", "bad-bind-2", "bad-bind-3"))
+    assert published == []
