@@ -228,6 +228,10 @@ def render_saga(record: SagaRecord, steps: Sequence[StepRecord]) -> list[str]:
     if record.error:
         where = "" if record.failed_step is None else f"step {record.failed_step}: "
         lines.append("  " + click.style(f"why: {where}{_error(record.error)}", fg="red"))
+    if record.recovery_error:
+        noted = record.recovery_error
+        text = f"recovery failed {noted.get('at', '')}: {noted.get('message', '')}"
+        lines.append("  " + click.style(text, fg="yellow"))
     for number, step in enumerate(steps):
         last = number == len(steps) - 1
         branch, stem = ("└─", "   ") if last else ("├─", "│  ")
@@ -312,10 +316,15 @@ def cancel_(ctx: click.Context, saga_id: str, reason: str, as_json: bool) -> Non
 
 @saga.command(name="resume")
 @click.argument("saga_id")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Take over steps still under a lease: their worker is known to be dead.",
+)
 @_handles
-def resume_(ctx: click.Context, saga_id: str, as_json: bool) -> None:
+def resume_(ctx: click.Context, saga_id: str, force: bool, as_json: bool) -> None:
     """Drive a stuck saga on now from the store (next step, or its compensations)."""
-    plan = resume(_app(ctx), saga_id)
+    plan = resume(_app(ctx), saga_id, force=force)
     if as_json:
         _emit_json(_as_dict(plan))
     else:
@@ -346,20 +355,32 @@ def recover_(
     """One recovery sweep: drive on the sagas whose worker or messages were lost."""
     seconds = None if stalled_after is None else stalled_after.total_seconds()
     plans = recover(_app(ctx), stalled_after=seconds, dry_run=dry_run)
-    acting = [plan for plan in plans if plan.action != "none"]
+    acting = [plan for plan in plans if plan.action not in ("none", "error")]
+    failed = [plan for plan in plans if plan.action == "error"]
     if as_json:
-        _emit_json({"looked_at": len(plans), "dry_run": dry_run,
-                    "actions": [_as_dict(plan) for plan in acting]})  # fmt: skip
+        data: dict[str, Any] = {
+            "looked_at": len(plans),
+            "dry_run": dry_run,
+            "errors": len(failed),
+            "actions": [_as_dict(plan) for plan in acting + failed],
+        }
+        if dry_run:  # what it would do with every saga, "none" included
+            data["sagas"] = [_as_dict(plan) for plan in plans]
+        _emit_json(data)
         return
     verb = "would act on" if dry_run else "acted on"
-    _echo(ctx, f"looked at {len(plans)} unfinished sagas; {verb} {len(acting)}")
-    for plan in acting:
-        _echo(ctx, _recovery_line(plan.saga_id, plan.action, plan.steps, plan.reason))
+    summary = f"looked at {len(plans)} unfinished sagas; {verb} {len(acting)}"
+    _echo(ctx, summary + (f"; {len(failed)} failed (see below)" if failed else ""))
+    for plan in plans if dry_run else acting + failed:
+        _echo(ctx, _recovery_line(plan.saga_id, plan.action, plan.steps, plan.reason, plan.error))
 
 
-def _recovery_line(saga_id: str, action: str, steps: Sequence[int], reason: str) -> str:
+def _recovery_line(
+    saga_id: str, action: str, steps: Sequence[int], reason: str, error: str | None = None
+) -> str:
     sent = f" steps {list(steps)}" if steps else ""
-    return f"saga {saga_id}: {action}{sent} ({reason})"
+    failure = f": {error}" if error else ""
+    return f"saga {saga_id}: {action}{sent} ({reason}){failure}"
 
 
 @saga.command(name="purge")

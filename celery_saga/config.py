@@ -6,7 +6,7 @@ setting                           default                           meaning
 ``saga_store_url``                ``sqlite:///celery_saga.sqlite3`` SQLAlchemy URL of the store
 ``saga_store_engine_options``     ``{}``                            ``create_engine`` keywords
 ``saga_create_tables``            ``True``                          create/upgrade tables on use
-``saga_step_lease``               ``600``                           seconds a claim is owned
+``saga_step_lease``               ``30``                            seconds a claim is owned
 ``saga_max_result_bytes``         ``1048576``                       largest JSON result of a step
 ``saga_compensation_max_retries`` ``5``                             retries of a compensation
 ``saga_compensation_retry_delay`` ``1.0``                           first delay, doubling, <= 60 s
@@ -56,7 +56,7 @@ class SagaConfig:
     store_url: str = DEFAULT_STORE_URL
     store_engine_options: Mapping[str, Any] = field(default_factory=dict)
     create_tables: bool = True
-    step_lease: float = 600.0
+    step_lease: float = 30.0
     max_result_bytes: int = 1024 * 1024
     compensation_max_retries: int = 5
     compensation_retry_delay: float = 1.0

@@ -682,12 +682,12 @@ def _drive(s: SagaState, now: datetime, stall: float | None, force: bool = False
         for step in s.steps:
             if lost(step):
                 start = step.index
-                why = "its owner is known dead" if force else "ran out"
+                why = f"the owner of step {start} is known dead"
                 return Move(
                     TakeOver() if force else None,
                     (SendSteps(start),),
                     action="forward",
-                    reason=f"the lease of step {start} {why}",
+                    reason=why if force else f"the lease of step {start} ran out",
                     steps=tuple(range(start, len(s.steps))),
                 )
         if not quiet:

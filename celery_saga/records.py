@@ -69,7 +69,11 @@ class StepRecord:
 class SagaRecord:
     """One saga as stored.
 
+    ``recovery_error`` is the recovery sweep's last error with this saga
+    (``{"type", "message", "at"}``): it could not carry out what the saga needed.
+
     .. versionadded:: 0.1
+    .. versionchanged:: 0.2 ``recovery_error``.
     """
 
     id: str
@@ -83,6 +87,7 @@ class SagaRecord:
     created_at: datetime
     updated_at: datetime
     finished_at: datetime | None
+    recovery_error: dict[str, Any] | None = None
 
     @property
     def duration(self) -> float | None:

@@ -82,6 +82,17 @@ def _refuse(app: Celery, saga_id: str, exc: Exception) -> None:
         settle(app, saga_id)
 
 
+def _note(app: Celery, saga_id: str, exc: Exception, message: str) -> None:
+    """Keep the sweep's error on the saga (``celery saga show`` prints it), if the store can."""
+    at = datetime.now(UTC).isoformat()
+    try:
+        get_store(app).note_recovery_error(
+            saga_id, {"type": type(exc).__name__, "message": message, "at": at}
+        )
+    except Exception:
+        logger.exception("saga %s: could not record the recovery error", saga_id)
+
+
 def recover(
     app: Celery,
     saga_id: str | None = None,
@@ -133,6 +144,8 @@ def recover(
                 except Exception:
                     logger.exception("saga %s: could not be compensated", saga.id)
             report = Recovery(saga.id, "error", (), "recovery failed", error)
+            if not dry_run:
+                _note(app, saga.id, exc, error)
         done.append(report)
     return done
 

@@ -78,4 +78,5 @@ def saga_record(row: Row[Any]) -> SagaRecord:
         created_at=created_at,
         updated_at=updated_at,
         finished_at=_aware(m["finished_at"]),
+        recovery_error=m.get("recovery_error"),
     )

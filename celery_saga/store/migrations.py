@@ -110,8 +110,24 @@ def _v2_attempt_errors(op: Operations) -> None:
     op.create_index("ix_celery_sagas_finished", "celery_sagas", ["finished_at"])
 
 
+def _v3_recovery_error(op: Operations) -> None:
+    op.add_column(
+        "celery_sagas",
+        Column(
+            "recovery_error",
+            json_type(),
+            nullable=True,
+            comment="the recovery sweep's last error with this saga",
+        ),
+    )
+
+
 #: Migration ``n`` (1-based) brings the schema from version ``n - 1`` to ``n``.
-MIGRATIONS: tuple[Callable[[Operations], None], ...] = (_v1_initial, _v2_attempt_errors)
+MIGRATIONS: tuple[Callable[[Operations], None], ...] = (
+    _v1_initial,
+    _v2_attempt_errors,
+    _v3_recovery_error,
+)
 
 assert len(MIGRATIONS) == SCHEMA_VERSION, "every schema version needs its migration"
 

@@ -25,7 +25,7 @@ from sqlalchemy.types import TypeEngine
 __all__ = ["SCHEMA_VERSION", "metadata", "saga_schema", "saga_steps", "sagas"]
 
 #: The version :func:`celery_saga.store.migrations.upgrade` brings a database to.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 ID_LENGTH = 255
 NAME_LENGTH = 255
@@ -66,6 +66,12 @@ sagas = Table(
     ),
     Column("updated_at", timestamp_type(), nullable=False, comment="last status change (UTC)"),
     Column("finished_at", timestamp_type(), nullable=True, comment="when it became terminal (UTC)"),
+    Column(
+        "recovery_error",
+        json_type(),
+        nullable=True,
+        comment="the recovery sweep's last error with this saga",
+    ),
     Index("ix_celery_sagas_status_created", "status", "created_at"),
     Index("ix_celery_sagas_created", "created_at"),
     Index("ix_celery_sagas_name_created", "name", "created_at"),

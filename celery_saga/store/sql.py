@@ -692,6 +692,13 @@ class SagaStore:
             )
         return ended.rowcount == 1
 
+    def note_recovery_error(self, saga_id: str, error: Mapping[str, Any]) -> None:
+        """Keep on the saga what the recovery sweep could not do with it."""
+        with self._write_one("record the recovery error") as connection:
+            connection.execute(
+                update(sagas).where(sagas.c.id == saga_id).values(recovery_error=dict(error))
+            )
+
     def expire_leases(self, saga_id: str | None = None) -> int:
         """End the leases of running steps and compensations now, as if their owners died.
 

@@ -10,6 +10,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -210,6 +211,21 @@ def test_resume_sends_a_lost_step_again(env: SagaEnv, sagas: Sagas) -> None:
     assert ok(env, "resume", sagas.running).startswith(f"saga {sagas.running}: forward steps [0]")
 
 
+def test_resume_force_takes_over_a_step_whose_worker_is_dead(env: SagaEnv, sagas: Sagas) -> None:
+    """`resume ID` leaves a step under a live lease alone; `resume --force ID` takes it over."""
+    saga_id = sagas.parked(new_id("dead-owner"))
+    store = get_store(env.app)
+    store.claim_step(saga_id, 0, "dead", [], {"tag": "p"}, 600,
+                     stage=0, task="shop.act", compensate="shop.undo")  # fmt: skip
+    assert ok(env, "resume", saga_id) == f"saga {saga_id}: none (step 0 is running)\n"
+    assert ok(env, "resume", "--force", saga_id) == (
+        f"saga {saga_id}: forward steps [0] (the owner of step 0 is known dead)\n"
+    )
+    (step,) = store.get_steps(saga_id)
+    assert step.lease_expires_at is not None
+    assert step.lease_expires_at <= datetime.now(UTC)
+
+
 def test_retry_compensation_of_a_failed_saga(env: SagaEnv, sagas: Sagas) -> None:
     """`retry-compensation ID` re-sends the undo that gave up; the saga ends COMPENSATED."""
     saga_id = new_id("retry")
@@ -228,6 +244,19 @@ def test_recover_dry_run_reports_without_acting(env: SagaEnv, sagas: Sagas) -> N
     assert acting.get(sagas.running) == "forward"
     assert sagas.compensating not in acting  # its step's owner holds a live lease
     assert "would act on" in ok(env, "recover", "--dry-run")
+    every = {a["saga_id"]: (a["action"], a["reason"]) for a in data["sagas"]}
+    assert every[sagas.compensating] == ("none", "step 0 is running (the saga was stopped)")
+    printed = ok(env, "recover", "--dry-run", "--stalled-after", "0")
+    assert f"saga {sagas.compensating}: none (step 0 is running (the saga was stopped))" in printed
+
+
+def test_show_prints_what_the_sweep_could_not_do(env: SagaEnv, sagas: Sagas) -> None:
+    """A recovery error kept on the saga is printed by `show` and returned in --json."""
+    saga_id = sagas.parked(new_id("sweep-error"))
+    error = {"type": "OperationalError", "message": "broker down", "at": "2026-12-01T12:00:00"}
+    get_store(env.app).note_recovery_error(saga_id, error)
+    assert "recovery failed 2026-12-01T12:00:00: broker down" in ok(env, "show", saga_id)
+    assert as_json(env, "show", saga_id)["recovery_error"] == error
 
 
 def test_purge_deletes_only_old_finished_sagas(env: SagaEnv, sagas: Sagas) -> None:

@@ -17,7 +17,7 @@ def test_defaults() -> None:
     """An app without saga_* settings gets the embedded SQLite store and documented defaults."""
     config = SagaConfig.from_conf({})
     assert config.store_url == DEFAULT_STORE_URL
-    assert config.step_lease == 600.0
+    assert config.step_lease == 30.0
     assert config.max_result_bytes == 1024 * 1024
 
 
