@@ -7,10 +7,11 @@ from typing import Any
 from celery import Celery
 from celery.signals import worker_ready
 
+from .compensation import register_tasks
 from .recovery import register_recovery_task
 from .retention import add_purge_schedule, register_purge_task
 from .step import bind_steps
-from .worker import check_store, register_tasks
+from .worker import check_store
 
 __all__ = ["install"]
 

@@ -13,14 +13,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 from celery import Celery, Signature, Task, chain
-from celery.exceptions import Retry
+from celery.exceptions import Ignore, Retry
+from celery.utils.log import get_task_logger
 from celery.utils.saferepr import saferepr
 
 from . import _observe
 from .config import get_config
+from .errors import SagaStoreError
 from .machine import Delivery
 
 __all__ = [
@@ -31,11 +33,16 @@ __all__ = [
     "compensation_delivery",
     "publish",
     "republish",
+    "resend_later",
     "send_next",
     "step_delivery",
     "step_signatures",
     "step_task_id",
 ]
+
+logger = get_task_logger("celery_saga.execution")
+
+_MAX_STORE_RETRY_DELAY = 30.0
 
 #: The message header that makes a task run as a saga step.
 HEADER = "celery_saga"
@@ -255,3 +262,28 @@ def republish(task: Task[Any, Any], countdown: float, **header: Any) -> Retry:
     )
     signature.apply_async()
     return Retry(when=datetime.now(UTC) + timedelta(seconds=countdown), sig=signature)
+
+
+def resend_later(task: Task[Any, Any], exc: SagaStoreError, **pending: Any) -> NoReturn:
+    """The store is down: send this message again later (``pending``: what to record then).
+
+    Raises the ``Retry`` (or, given up, ``Ignore``) for the task to end with.
+
+    Never through ``task.retry``: that would spend the task's ``max_retries`` and make
+    a step's retry policy end early once the store is back. After
+    ``saga_store_max_retries`` the message is given up: the saga is the sweep's then.
+    """
+    header: Mapping[str, Any] = task.request.get(HEADER) or {}
+    tries = int(header.get("r", 0))
+    if tries >= get_config(task.app).store_max_retries:
+        logger.error(
+            "%s; gave up sending %s again after %d tries: the recovery sweep "
+            "drives the saga on once the store is back",
+            exc,
+            task.name,
+            tries,
+        )
+        raise Ignore() from exc
+    delay = min(2.0**tries, _MAX_STORE_RETRY_DELAY)
+    logger.warning("%s; retrying %s in %.0f s", exc, task.name, delay)
+    raise republish(task, delay, r=tries + 1, **pending) from exc

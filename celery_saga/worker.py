@@ -9,13 +9,11 @@ carrying what it still has to record, so the body does not run again for it.
 
 from __future__ import annotations
 
-import os
-import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any, NoReturn
+from typing import Any
 
 from celery import Celery, Task
 from celery.exceptions import Ignore, Reject, Retry, SoftTimeLimitExceeded
@@ -25,22 +23,21 @@ from kombu.utils.json import loads as json_loads
 
 from . import _drive, _faults, _observe, signals
 from ._errors import describe_error
+from ._heartbeat import held
 from ._runtime import get_store
 from ._values import unstorable
 from .config import get_config
 from .context import StepContext, running
 from .definition import StepDefinition
-from .dispatch import COMPENSATE_TASK, HEADER, compensation_delivery, republish, send_next
+from .dispatch import HEADER, republish, resend_later, send_next
 from .dispatch import step_delivery as _delivery
-from .errors import SagaConfigurationError, SagaStoreError, SagaValidationError
+from .errors import SagaStoreError, SagaValidationError
 from .machine import (
     AttemptFailed,
     AttemptReleased,
     AttemptSucceeded,
     Claimed,
-    CompensationClaimed,
-    CompensationFailed,
-    CompensationSucceeded,
+    Complete,
     Delivered,
     Delivery,
     Drop,
@@ -62,9 +59,9 @@ from .machine import (
 )
 from .signals import SagaEvent, StepEvent
 from .status import SagaStatus, StepStatus
-from .store import EncodedJSON, SagaStore
+from .store import EncodedJSON
 
-__all__ = ["check_store", "register_tasks", "run_step"]
+__all__ = ["check_store", "run_step"]
 
 logger = get_task_logger("celery_saga.execution")
 compensation_logger = get_task_logger("celery_saga.compensation")
@@ -73,90 +70,7 @@ _MAX_STORE_RETRY_DELAY = 30.0
 _MAX_COMPENSATION_DELAY = 60.0
 
 
-# -- leases: renewed while the body runs -----------------------------------------------
-
-
-class _Heartbeat:
-    """Renews the leases of the claims this process holds, every third of the lease."""
-
-    def __init__(self, store: SagaStore, lease: float) -> None:
-        self.store = store
-        self.lease = lease
-        self.claims: set[tuple[str, int, str]] = set()
-        self.lock = threading.Lock()
-        self.pid = os.getpid()
-        self.thread = threading.Thread(target=self._beat, name="celery-saga-lease", daemon=True)
-        self.thread.start()
-
-    def _beat(self) -> None:
-        while True:
-            time.sleep(self.lease / 3)
-            with self.lock:
-                claims = list(self.claims)
-            if not claims:
-                continue
-            try:
-                self.store.renew_leases(claims, self.lease)
-            except Exception:  # the store is down: the next beat tries again
-                logger.warning("celery_saga: could not renew %d step leases", len(claims))
-
-
-_HEARTBEAT_ATTR = "_celery_saga_heartbeat"
-_heartbeat_lock = threading.Lock()
-
-
-def _heartbeat(app: Celery) -> _Heartbeat:
-    beat: _Heartbeat | None = app.__dict__.get(_HEARTBEAT_ATTR)
-    if beat is not None and beat.pid == os.getpid():
-        return beat
-    with _heartbeat_lock:
-        beat = app.__dict__.get(_HEARTBEAT_ATTR)
-        if beat is None or beat.pid != os.getpid():  # none yet, or the parent's (forked)
-            beat = _Heartbeat(get_store(app), get_config(app).step_lease)
-            setattr(app, _HEARTBEAT_ATTR, beat)
-        return beat
-
-
-class _Held:
-    """While the block runs, the heartbeat keeps the claim's lease alive."""
-
-    def __init__(self, app: Celery, claim: tuple[str, int, str]) -> None:
-        self.beat = _heartbeat(app)
-        self.claim = claim
-
-    def __enter__(self) -> None:
-        with self.beat.lock:
-            self.beat.claims.add(self.claim)
-
-    def __exit__(self, *exc: object) -> None:
-        with self.beat.lock:
-            self.beat.claims.discard(self.claim)
-
-
 # -- the store being down --------------------------------------------------------------
-
-
-def _store_retry(task: Task[Any, Any], exc: SagaStoreError, **pending: Any) -> NoReturn:
-    """The store is down: send this message again later (``pending``: what to record then).
-
-    Never through ``task.retry``: that would spend the task's ``max_retries`` and make
-    a step's retry policy end early once the store is back. After
-    ``saga_store_max_retries`` the message is given up: the saga is the sweep's then.
-    """
-    header: Mapping[str, Any] = task.request.get(HEADER) or {}
-    tries = int(header.get("r", 0))
-    if tries >= get_config(task.app).store_max_retries:
-        logger.error(
-            "%s; gave up sending %s again after %d tries: the recovery sweep "
-            "drives the saga on once the store is back",
-            exc,
-            task.name,
-            tries,
-        )
-        raise Ignore() from exc
-    delay = min(2.0**tries, _MAX_STORE_RETRY_DELAY)
-    logger.warning("%s; retrying %s in %.0f s", exc, task.name, delay)
-    raise republish(task, delay, r=tries + 1, **pending) from exc
 
 
 def check_store(app: Celery) -> bool:
@@ -239,6 +153,7 @@ class _StepShell:
         self.config = get_config(task.app)
         self.started = time.monotonic()
         self.attempt = 0
+        self.failure: dict[str, Any] | None = None  # the error it failed with, once recorded
 
     def event(self, **fields: Any) -> StepEvent:
         return StepEvent(
@@ -286,13 +201,11 @@ class _StepShell:
             raise Ignore()
         return result
 
-    failure: dict[str, Any] | None = None
-
     def guard(self, write: Callable[[], Any], **pending: Any) -> Any:
         try:
             return write()
         except SagaStoreError as exc:
-            _store_retry(self.task, exc, **pending)
+            resend_later(self.task, exc, **pending)
 
     def drop(self, message: Drop) -> None:
         d = self.d
@@ -365,7 +278,7 @@ class _StepShell:
                 self.drop(Drop("done"))
             return self.carry_out(move)
         self.attempt = claim.attempt
-        with _Held(self.app, (d.saga_id, d.index, token)):
+        with held(self.app, (d.saga_id, d.index, token)):
             return self.attempt_body(original, token)
 
     def attempt_body(self, original: Callable[..., Any], token: str) -> Any:
@@ -504,15 +417,15 @@ class _StepShell:
 
     def succeeded(self, token: str, result: Any, encoded: EncodedJSON) -> Any:
         d = self.d
-        move = decide(d, AttemptSucceeded())
+        complete = decide(d, AttemptSucceeded()).transition
+        assert isinstance(complete, Complete)
         pending = {"k": token, "ok": str(encoded)}
         completion = self.guard(
             lambda: self.store.complete_step(
-                d.saga_id, d.index, token, encoded, last=d.is_last_step
+                d.saga_id, d.index, token, encoded, last=complete.last
             ),
             p=pending,
         )
-        del move  # Complete(last=d.is_last_step): what was just written
         move = decide(d, SuccessRecorded(Outcome(completion.value)))
         if completion.value != "lost":
             signals.step_succeeded.send(sender=self.task.name, event=self.timed())
@@ -553,160 +466,3 @@ def run_step(
     if not header or "id" not in header:
         return original(*args, **kwargs)
     return _StepShell(task, definition, _delivery(header), args, kwargs).run(original)
-
-
-# -- compensations ---------------------------------------------------------------------
-
-
-def _compensate(
-    self: Task[Any, Any], saga_id: str, index: int, last: bool = False, name: str = ""
-) -> None:
-    """Run the compensation of one succeeded step (the body of ``celery_saga.compensate``)."""
-    app = self.app
-    config = get_config(app)
-    store = get_store(app)
-    d = compensation_delivery(saga_id, index, name, last)
-    log = compensation_logger
-
-    def guard(write: Callable[[], Any]) -> Any:
-        try:
-            return write()
-        except SagaStoreError as exc:
-            _store_retry(self, exc)
-
-    def carry_out(move: Move) -> None:
-        for message in move.messages:
-            if isinstance(message, Reconcile):
-                guard(lambda: _drive.settle(app, saga_id))
-            elif isinstance(message, Drop):
-                if message.reason == "missing":
-                    log.error(
-                        "saga %s: compensation of step %d not run: the saga store %s "
-                        "does not know this saga",
-                        saga_id,
-                        index,
-                        store.safe_url,
-                    )
-                else:
-                    getattr(log, message.level)(
-                        "saga %s: compensation of step %d not run: %s",
-                        saga_id,
-                        index,
-                        message.reason,
-                    )
-                raise Ignore()
-            else:
-                raise TypeError(f"a compensation does not carry out {message!r}")
-
-    token = uuid.uuid4().hex
-    claim = guard(lambda: store.claim_compensation(saga_id, index, token, config.step_lease))
-    move = decide(d, CompensationClaimed(Outcome(claim.outcome.value)), compensation=True)
-    if not any(isinstance(m, Run) for m in move.messages):
-        carry_out(move)
-        return
-    step = claim.step
-    assert step is not None
-    assert step.compensate is not None
-    sender = step.compensate
-
-    def event(**fields: Any) -> StepEvent:
-        return StepEvent(
-            saga_id=saga_id,
-            saga_name=name,
-            step_index=index,
-            step_name=step.name,
-            attempt=claim.attempt,
-            compensate=step.compensate,
-            **fields,
-        )
-
-    context = StepContext(
-        saga_id=saga_id,
-        saga_name=name,
-        step_index=index,
-        step_name=step.name,
-        attempt=claim.attempt,
-        compensating=True,
-    )
-    inject = _faults.injector(app)
-    names = (step.name, step.compensate)
-    inject("claimed", context, names)
-    begun = event()
-    signals.compensation_started.send(sender=sender, event=begun)
-    started = time.monotonic()
-    try:
-        with (
-            _Held(app, (saga_id, index, token)),
-            _observe.compensation(app, begun, step),
-            running(context),
-        ):
-            inject("body", context, names)
-            compensation = app.tasks.get(step.compensate)
-            if compensation is None:
-                raise SagaConfigurationError(
-                    f"compensation task {step.compensate!r} is not registered in this worker"
-                )
-            compensation(step.result, *(step.args or ()), **(step.kwargs or {}))
-    except Exception as exc:
-        error = describe_error(exc)
-        retries = self.request.retries
-        delay = min(config.compensation_retry_delay * 2.0**retries, _MAX_COMPENSATION_DELAY)
-        failure = CompensationFailed(
-            retries,
-            config.compensation_max_retries,
-            delay,
-            final=isinstance(exc, SagaConfigurationError),
-        )
-        move = decide(d, failure, compensation=True)
-        gave_up = not any(isinstance(m, RetryLater) for m in move.messages)
-        guard(
-            lambda: store.finish_compensation(saga_id, index, token, error=error, gave_up=gave_up)
-        )
-        signals.compensation_failed.send(
-            sender=sender,
-            event=event(
-                duration=time.monotonic() - started,
-                error=error,
-                reason="gave up" if gave_up else "retry",
-            ),
-        )
-        if not gave_up:
-            log.warning(
-                "saga %s: compensation of step %d failed (%s); retry in %.1f s",
-                saga_id,
-                index,
-                error["type"],
-                delay,
-            )
-            raise self.retry(
-                exc=exc, countdown=delay, max_retries=config.compensation_max_retries
-            ) from exc
-        message = _observe.redact(app, sender, "error", error["message"])
-        log.error(
-            "saga %s: compensation of step %d gave up: %s: %s",
-            saga_id,
-            index,
-            error["type"],
-            message,
-        )
-        carry_out(Move(messages=tuple(m for m in move.messages if isinstance(m, Reconcile))))
-        return
-    inject("done", context, names)
-    move = decide(d, CompensationSucceeded(), compensation=True)
-    guard(lambda: store.finish_compensation(saga_id, index, token))
-    signals.compensation_succeeded.send(
-        sender=sender, event=event(duration=time.monotonic() - started)
-    )
-    carry_out(move)
-
-
-def register_tasks(app: Celery) -> None:
-    """Register celery_saga's internal compensation task on the app."""
-    app.task(
-        name=COMPENSATE_TASK,
-        bind=True,
-        acks_late=True,
-        reject_on_worker_lost=True,
-        ignore_result=True,
-        shared=False,
-    )(_compensate)

@@ -1,0 +1,205 @@
+"""The internal task ``celery_saga.compensate``: undo one succeeded (or in-doubt) step.
+
+A failing step's ``link_error`` is a chain of these, one per succeeded step before it,
+newest first; the recovery sweep and the operator's commands send the same chains.
+Each claims the step's compensation in the store (so a duplicate message does not run
+it twice, and an errback Celery fired for a saga that is still running does nothing),
+calls the user's compensation task in-process with the step's stored result and
+arguments, and records the outcome. A compensation that raises is retried with
+exponential backoff; when it gives up, its error is recorded and the task returns
+normally, so that the rest of the chain still runs. The last of a chain settles the
+saga (:mod:`celery_saga.machine` says how: more to undo, or the end).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from celery import Celery, Task
+from celery.exceptions import Ignore
+from celery.utils.log import get_task_logger
+
+from . import _drive, _faults, _observe, signals
+from ._errors import describe_error
+from ._heartbeat import held
+from ._runtime import get_store
+from .config import get_config
+from .context import StepContext, running
+from .dispatch import COMPENSATE_TASK, compensation_delivery, resend_later
+from .errors import SagaConfigurationError, SagaStoreError
+from .machine import (
+    CompensationClaimed,
+    CompensationFailed,
+    CompensationSucceeded,
+    Drop,
+    Move,
+    Outcome,
+    Reconcile,
+    RetryLater,
+    Run,
+    decide,
+)
+from .signals import StepEvent
+
+__all__ = ["register_tasks"]
+
+logger = get_task_logger(__name__)
+
+_MAX_COMPENSATION_DELAY = 60.0
+
+
+def _compensate(
+    self: Task[Any, Any], saga_id: str, index: int, last: bool = False, name: str = ""
+) -> None:
+    """Run the compensation of one succeeded step (the body of ``celery_saga.compensate``)."""
+    app = self.app
+    config = get_config(app)
+    store = get_store(app)
+    d = compensation_delivery(saga_id, index, name, last)
+    log = logger
+
+    def guard(write: Callable[[], Any]) -> Any:
+        try:
+            return write()
+        except SagaStoreError as exc:
+            resend_later(self, exc)
+
+    def carry_out(move: Move) -> None:
+        for message in move.messages:
+            if isinstance(message, Reconcile):
+                guard(lambda: _drive.settle(app, saga_id))
+            elif isinstance(message, Drop):
+                if message.reason == "missing":
+                    log.error(
+                        "saga %s: compensation of step %d not run: the saga store %s "
+                        "does not know this saga",
+                        saga_id,
+                        index,
+                        store.safe_url,
+                    )
+                else:
+                    getattr(log, message.level)(
+                        "saga %s: compensation of step %d not run: %s",
+                        saga_id,
+                        index,
+                        message.reason,
+                    )
+                raise Ignore()
+            else:
+                raise TypeError(f"a compensation does not carry out {message!r}")
+
+    token = uuid.uuid4().hex
+    claim = guard(lambda: store.claim_compensation(saga_id, index, token, config.step_lease))
+    move = decide(d, CompensationClaimed(Outcome(claim.outcome.value)), compensation=True)
+    if not any(isinstance(m, Run) for m in move.messages):
+        carry_out(move)
+        return
+    step = claim.step
+    assert step is not None
+    assert step.compensate is not None
+    sender = step.compensate
+
+    def event(**fields: Any) -> StepEvent:
+        return StepEvent(
+            saga_id=saga_id,
+            saga_name=name,
+            step_index=index,
+            step_name=step.name,
+            attempt=claim.attempt,
+            compensate=step.compensate,
+            **fields,
+        )
+
+    context = StepContext(
+        saga_id=saga_id,
+        saga_name=name,
+        step_index=index,
+        step_name=step.name,
+        attempt=claim.attempt,
+        compensating=True,
+    )
+    inject = _faults.injector(app)
+    names = (step.name, step.compensate)
+    inject("claimed", context, names)
+    begun = event()
+    signals.compensation_started.send(sender=sender, event=begun)
+    started = time.monotonic()
+    try:
+        with (
+            held(app, (saga_id, index, token)),
+            _observe.compensation(app, begun, step),
+            running(context),
+        ):
+            inject("body", context, names)
+            compensation = app.tasks.get(step.compensate)
+            if compensation is None:
+                raise SagaConfigurationError(
+                    f"compensation task {step.compensate!r} is not registered in this worker"
+                )
+            compensation(step.result, *(step.args or ()), **(step.kwargs or {}))
+    except Exception as exc:
+        error = describe_error(exc)
+        retries = self.request.retries
+        delay = min(config.compensation_retry_delay * 2.0**retries, _MAX_COMPENSATION_DELAY)
+        failure = CompensationFailed(
+            retries,
+            config.compensation_max_retries,
+            delay,
+            final=isinstance(exc, SagaConfigurationError),
+        )
+        move = decide(d, failure, compensation=True)
+        gave_up = not any(isinstance(m, RetryLater) for m in move.messages)
+        guard(
+            lambda: store.finish_compensation(saga_id, index, token, error=error, gave_up=gave_up)
+        )
+        signals.compensation_failed.send(
+            sender=sender,
+            event=event(
+                duration=time.monotonic() - started,
+                error=error,
+                reason="gave up" if gave_up else "retry",
+            ),
+        )
+        if not gave_up:
+            log.warning(
+                "saga %s: compensation of step %d failed (%s); retry in %.1f s",
+                saga_id,
+                index,
+                error["type"],
+                delay,
+            )
+            raise self.retry(
+                exc=exc, countdown=delay, max_retries=config.compensation_max_retries
+            ) from exc
+        message = _observe.redact(app, sender, "error", error["message"])
+        log.error(
+            "saga %s: compensation of step %d gave up: %s: %s",
+            saga_id,
+            index,
+            error["type"],
+            message,
+        )
+        carry_out(Move(messages=tuple(m for m in move.messages if isinstance(m, Reconcile))))
+        return
+    inject("done", context, names)
+    move = decide(d, CompensationSucceeded(), compensation=True)
+    guard(lambda: store.finish_compensation(saga_id, index, token))
+    signals.compensation_succeeded.send(
+        sender=sender, event=event(duration=time.monotonic() - started)
+    )
+    carry_out(move)
+
+
+def register_tasks(app: Celery) -> None:
+    """Register celery_saga's internal compensation task on the app."""
+    app.task(
+        name=COMPENSATE_TASK,
+        bind=True,
+        acks_late=True,
+        reject_on_worker_lost=True,
+        ignore_result=True,
+        shared=False,
+    )(_compensate)

@@ -1,0 +1,132 @@
+"""The saga state machine: from what is stored of a saga and one event, the next move.
+
+This module is the one place where a rule about sagas lives ("after a step's final
+failure, undo the steps before it, newest first"; "a step whose worker died while the
+saga compensates is in doubt"). It is pure: no Celery, no SQLAlchemy, no clock, no
+I/O. The shells (the step and compensation tasks, the producer, the operator's
+commands, the recovery sweep) turn what happened into an :data:`Event`, ask
+:func:`decide` for the :class:`Move`, commit its :attr:`~Move.transition` to the store
+and then carry out its :attr:`~Move.messages`. A transition is a conditional write;
+what it found (the claim's outcome, whether the row was still owned) comes back as the
+next event.
+
+Two kinds of state are decided on:
+
+- :class:`Delivery`: what a step or compensation message says of its saga (saga id,
+  step index, step count, the compensations to run if it fails, the deadline). The hot
+  path decides from it without reading the store.
+- :class:`SagaState`: the saga row and every step row as stored. Decisions that need
+  the whole saga (after a cancel, at the end of the compensations, the sweep, an
+  operator's command) are made from it.
+
+An event that the state does not accept raises :class:`IllegalEvent`.
+"""
+
+from __future__ import annotations
+
+from ._events import (
+    AttemptFailed,
+    AttemptReleased,
+    AttemptSucceeded,
+    Cancel,
+    Claimed,
+    CompensationClaimed,
+    CompensationFailed,
+    CompensationSucceeded,
+    Delivered,
+    Event,
+    FailureRecorded,
+    Resume,
+    RetryCompensation,
+    Settle,
+    SuccessRecorded,
+    Sweep,
+)
+from ._moves import (
+    Claim,
+    ClaimCompensation,
+    Complete,
+    Drop,
+    EndCompensation,
+    Ended,
+    Fail,
+    MarkInDoubt,
+    Message,
+    Move,
+    PassOn,
+    Reconcile,
+    RecordCompensation,
+    Release,
+    Reopen,
+    RetryLater,
+    Run,
+    SendCompensations,
+    SendNext,
+    SendSteps,
+    Stop,
+    TakeOver,
+    Transition,
+)
+from ._rules import COMPENSATION_RULES, SAGA_RULES, STEP_RULES, decide
+from ._state import (
+    CANCELLED,
+    DEADLINE_EXCEEDED,
+    IN_DOUBT,
+    Delivery,
+    IllegalEvent,
+    Outcome,
+    SagaState,
+)
+
+__all__ = [
+    "CANCELLED",
+    "COMPENSATION_RULES",
+    "DEADLINE_EXCEEDED",
+    "IN_DOUBT",
+    "SAGA_RULES",
+    "STEP_RULES",
+    "AttemptFailed",
+    "AttemptReleased",
+    "AttemptSucceeded",
+    "Cancel",
+    "Claim",
+    "ClaimCompensation",
+    "Claimed",
+    "CompensationClaimed",
+    "CompensationFailed",
+    "CompensationSucceeded",
+    "Complete",
+    "Delivered",
+    "Delivery",
+    "Drop",
+    "EndCompensation",
+    "Ended",
+    "Event",
+    "Fail",
+    "FailureRecorded",
+    "IllegalEvent",
+    "MarkInDoubt",
+    "Message",
+    "Move",
+    "Outcome",
+    "PassOn",
+    "Reconcile",
+    "RecordCompensation",
+    "Release",
+    "Reopen",
+    "Resume",
+    "RetryCompensation",
+    "RetryLater",
+    "Run",
+    "SagaState",
+    "SendCompensations",
+    "SendNext",
+    "SendSteps",
+    "Settle",
+    "Stop",
+    "SuccessRecorded",
+    "Sweep",
+    "TakeOver",
+    "Transition",
+    "decide",
+]

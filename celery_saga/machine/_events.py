@@ -1,0 +1,188 @@
+"""The events a shell tells the machine: what happened to a saga."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeAlias
+
+from ..status import SagaStatus, StepStatus
+from ._state import Outcome
+
+__all__ = [
+    "AttemptFailed",
+    "AttemptReleased",
+    "AttemptSucceeded",
+    "Cancel",
+    "Claimed",
+    "CompensationClaimed",
+    "CompensationFailed",
+    "CompensationSucceeded",
+    "Delivered",
+    "Event",
+    "FailureRecorded",
+    "Resume",
+    "RetryCompensation",
+    "Settle",
+    "SuccessRecorded",
+    "Sweep",
+]
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """A step message arrived (``now``: epoch seconds)."""
+
+    now: float
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """The step's claim was tried; ``result``: the stored result when ``DONE``."""
+
+    outcome: Outcome
+    result: Any = None
+
+
+@dataclass(frozen=True)
+class AttemptFailed:
+    """The step's body raised.
+
+    ``retryable``/``attempts``: what its retry policy says (``attempts`` 0: no policy);
+    ``delay``: the policy's delay before the next attempt; ``timed_out``: it hit its
+    soft time limit; ``undo_on_timeout``: ``compensate_on_timeout=True``.
+    """
+
+    attempt: int
+    retryable: bool = False
+    attempts: int = 0
+    delay: float = 0.0
+    timed_out: bool = False
+    undo_on_timeout: bool = False
+
+
+@dataclass(frozen=True)
+class AttemptReleased:
+    """The body raised Celery's ``Retry``, ``Reject`` or ``Ignore``.
+
+    The message comes back or is dropped on purpose; ``delay``: seconds until a retry
+    is due.
+    """
+
+    delay: float | None = None
+
+
+@dataclass(frozen=True)
+class AttemptSucceeded:
+    """The step's body returned a value the store can keep."""
+
+
+@dataclass(frozen=True)
+class SuccessRecorded:
+    """Recording the step's result found ``outcome``.
+
+    ``LOST``, ``RECORDED``, ``COMPLETED`` or ``HALTED``.
+    """
+
+    outcome: Outcome
+
+
+@dataclass(frozen=True)
+class FailureRecorded:
+    """Recording the step's final failure was tried.
+
+    ``recorded`` is False if the claim was lost; ``moved``: the saga row changed with
+    it (False: it had been stopped meanwhile).
+    """
+
+    recorded: bool
+    moved: bool
+    saga_status: SagaStatus
+    step_status: StepStatus = StepStatus.FAILED
+
+
+@dataclass(frozen=True)
+class CompensationClaimed:
+    """The compensation's claim was tried."""
+
+    outcome: Outcome
+
+
+@dataclass(frozen=True)
+class CompensationFailed:
+    """The compensation raised.
+
+    ``retries`` so far, of ``max_retries``; ``final``: no retry can help (the
+    compensation task is not registered here).
+    """
+
+    retries: int
+    max_retries: int
+    delay: float
+    final: bool = False
+
+
+@dataclass(frozen=True)
+class CompensationSucceeded:
+    """The compensation returned."""
+
+
+@dataclass(frozen=True)
+class Settle:
+    """A shell did its part: what is left to do, from the whole stored saga, at once.
+
+    Sent after a cancel, a halted claim, the last compensation of a chain.
+    """
+
+    now: datetime
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """The recovery sweep looks at the saga: act on what stopped moving.
+
+    ``stall``: seconds without progress after which queued messages count as lost.
+    """
+
+    now: datetime
+    stall: float
+
+
+@dataclass(frozen=True)
+class Resume:
+    """An operator drives the saga on now; ``force``: its running owners are known dead."""
+
+    now: datetime
+    force: bool = False
+
+
+@dataclass(frozen=True)
+class Cancel:
+    """Stop the saga (an operator's cancel, or its deadline): ``error`` is recorded."""
+
+    error: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class RetryCompensation:
+    """An operator retries the compensations of a ``FAILED`` saga after a fix."""
+
+
+Event: TypeAlias = (
+    Delivered
+    | Claimed
+    | AttemptFailed
+    | AttemptReleased
+    | AttemptSucceeded
+    | SuccessRecorded
+    | FailureRecorded
+    | CompensationClaimed
+    | CompensationFailed
+    | CompensationSucceeded
+    | Settle
+    | Sweep
+    | Resume
+    | Cancel
+    | RetryCompensation
+)

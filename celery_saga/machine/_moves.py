@@ -1,0 +1,207 @@
+"""The moves the machine returns: a store transition, then messages."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeAlias
+
+from ..status import SagaStatus, StepStatus
+
+__all__ = [
+    "Claim",
+    "ClaimCompensation",
+    "Complete",
+    "Drop",
+    "EndCompensation",
+    "Ended",
+    "Fail",
+    "MarkInDoubt",
+    "Message",
+    "Move",
+    "PassOn",
+    "Reconcile",
+    "RecordCompensation",
+    "Release",
+    "Reopen",
+    "RetryLater",
+    "Run",
+    "SendCompensations",
+    "SendNext",
+    "SendSteps",
+    "Stop",
+    "TakeOver",
+    "Transition",
+]
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Claim the step (fencing token and lease), if the saga is running."""
+
+
+@dataclass(frozen=True)
+class Complete:
+    """Record the step's result (and, after the last step, complete the saga)."""
+
+    last: bool
+
+
+@dataclass(frozen=True)
+class Fail:
+    """Record the step's final failure and move the saga to ``saga_status``."""
+
+    step_status: StepStatus
+    saga_status: SagaStatus
+
+
+@dataclass(frozen=True)
+class Release:
+    """Give the claimed step back; its retry is due in ``delay`` seconds (None: unknown)."""
+
+    delay: float | None = None
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Stop a running saga (``COMPENSATING`` with ``error``): no step may be claimed."""
+
+    error: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class TakeOver:
+    """End the leases of the saga's running steps now: their owners are known dead."""
+
+
+@dataclass(frozen=True)
+class MarkInDoubt:
+    """Steps whose worker was lost while the saga compensates: they may have taken effect."""
+
+    indices: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ClaimCompensation:
+    """Claim the compensation of a succeeded (or in-doubt) step of a compensating saga."""
+
+
+@dataclass(frozen=True)
+class RecordCompensation:
+    """Record a compensation attempt: done (``failed`` False), to be retried, or given up."""
+
+    failed: bool = False
+    gave_up: bool = False
+
+
+@dataclass(frozen=True)
+class EndCompensation:
+    """End a compensating saga: ``FAILED`` if a compensation gave up, else ``COMPENSATED``."""
+
+
+@dataclass(frozen=True)
+class Reopen:
+    """Make a ``FAILED`` saga's given-up compensations claimable again."""
+
+
+Transition: TypeAlias = (
+    Claim
+    | Complete
+    | Fail
+    | Release
+    | Stop
+    | TakeOver
+    | MarkInDoubt
+    | ClaimCompensation
+    | RecordCompensation
+    | EndCompensation
+    | Reopen
+)
+
+
+# -- messages: what a move does after its transition committed -------------------------
+
+
+@dataclass(frozen=True)
+class Run:
+    """Run the body (the step's function, or the compensation)."""
+
+
+@dataclass(frozen=True)
+class PassOn:
+    """A step that succeeded before: hand its stored result on, without running it."""
+
+    result: Any = None
+
+
+@dataclass(frozen=True)
+class SendNext:
+    """Send the rest of this message's chain, the step's result first in line."""
+
+
+@dataclass(frozen=True)
+class SendSteps:
+    """Send the plan's steps from ``start`` on (the step before's stored result first)."""
+
+    start: int
+
+
+@dataclass(frozen=True)
+class SendCompensations:
+    """Send the compensations of these steps as one chain, in this order."""
+
+    indices: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class RetryLater:
+    """Send this message again in ``countdown`` seconds (the attempt was recorded)."""
+
+    countdown: float
+
+
+@dataclass(frozen=True)
+class Reconcile:
+    """Read the whole stored saga and carry out what :class:`Settle` decides."""
+
+
+@dataclass(frozen=True)
+class Drop:
+    """Do nothing more with this message; ``level`` is how loudly to say so."""
+
+    reason: str
+    level: str = "info"
+
+
+@dataclass(frozen=True)
+class Ended:
+    """The saga ended with this move: say so (signals, spans, metrics).
+
+    ``status`` is how it ended; ``None`` when the store's write decided it (ending the
+    compensations: ``FAILED`` if one gave up, else ``COMPENSATED``).
+    """
+
+    status: SagaStatus | None = None
+
+
+Message: TypeAlias = (
+    Run | PassOn | SendNext | SendSteps | SendCompensations | RetryLater | Drop | Ended | Reconcile
+)
+
+
+@dataclass(frozen=True)
+class Move:
+    """What to do: commit ``transition`` (if any), then carry out ``messages`` in order.
+
+    ``action`` names the move for people (the sweep's report): ``"forward"``,
+    ``"compensate"``, ``"finish"``, ``"deadline"``, ``"in doubt"``, ``"none"``...
+    ``accepted`` is False for an operator's request the state turns down politely
+    (cancelling a saga that is not running).
+    """
+
+    transition: Transition | None = None
+    messages: tuple[Message, ...] = ()
+    action: str = "none"
+    reason: str = ""
+    accepted: bool = True
+    steps: tuple[int, ...] = field(default=())

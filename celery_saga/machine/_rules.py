@@ -1,0 +1,374 @@
+"""The rules: for each kind of state and event, the move."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from datetime import datetime, timedelta
+from typing import Any, TypeAlias
+
+from ..errors import SagaStateError
+from ..records import StepRecord
+from ..status import SagaStatus, StepStatus
+from ._events import (
+    AttemptFailed,
+    AttemptReleased,
+    AttemptSucceeded,
+    Cancel,
+    Claimed,
+    CompensationClaimed,
+    CompensationFailed,
+    CompensationSucceeded,
+    Delivered,
+    Event,
+    FailureRecorded,
+    Resume,
+    RetryCompensation,
+    Settle,
+    SuccessRecorded,
+    Sweep,
+)
+from ._moves import (
+    Claim,
+    Complete,
+    Drop,
+    EndCompensation,
+    Ended,
+    Fail,
+    MarkInDoubt,
+    Message,
+    Move,
+    PassOn,
+    Reconcile,
+    RecordCompensation,
+    Release,
+    Reopen,
+    RetryLater,
+    Run,
+    SendCompensations,
+    SendNext,
+    SendSteps,
+    Stop,
+    TakeOver,
+)
+from ._state import DEADLINE_EXCEEDED, Delivery, IllegalEvent, Outcome, SagaState
+
+__all__ = ["COMPENSATION_RULES", "SAGA_RULES", "STEP_RULES", "decide"]
+
+
+def _nothing(reason: str, accepted: bool = True) -> Move:
+    return Move(reason=reason, accepted=accepted)
+
+
+def _deadline_error(seconds: float) -> dict[str, Any]:
+    """The error a saga stopped by its ``deadline=`` records."""
+    message = f"its deadline of {seconds:g} s passed"
+    return {"type": DEADLINE_EXCEEDED, "message": message, "traceback": ""}
+
+
+def _step_delivered(d: Delivery, e: Delivered) -> Move:
+    if d.deadline is not None and e.now > d.deadline:
+        error = _deadline_error(d.deadline - (d.started or d.deadline))
+        return Move(Stop(error), (Reconcile(), Drop("deadline")), "deadline", "deadline")
+    return Move(Claim(), reason="claim the step")
+
+
+def _step_claimed(d: Delivery, e: Claimed) -> Move:
+    outcome = e.outcome
+    if outcome is Outcome.CLAIMED:
+        return Move(messages=(Run(),), reason="claimed")
+    if outcome is Outcome.DONE:  # a redelivery of a step that succeeded: hand it on
+        return Move(
+            None, (PassOn(e.result), SendNext()), "forward", outcome.value, steps=(d.index + 1,)
+        )
+    if outcome is Outcome.HALTED:  # cancelled after the step before succeeded
+        return Move(messages=(Reconcile(), Drop(outcome.value)), reason=outcome.value)
+    if outcome is Outcome.MISSING:
+        return Move(messages=(Drop("missing", "error"),), reason="missing")
+    if outcome in (Outcome.BUSY, Outcome.STOPPED):
+        return Move(messages=(Drop(outcome.value),), reason=outcome.value)
+    raise IllegalEvent(d.saga_id, "a step claim", e, "a claim outcome")
+
+
+def _others(d: Delivery) -> tuple[int, ...]:
+    """The steps before this one to undo (without this step's own in-doubt entry)."""
+    return tuple(i for i in d.undo if i != d.index)
+
+
+def _attempt_failed(d: Delivery, e: AttemptFailed) -> Move:
+    if e.retryable and e.attempt < e.attempts:
+        return Move(
+            Release(e.delay), (RetryLater(e.delay),), "retry", f"attempt {e.attempt} failed"
+        )
+    in_doubt = e.timed_out and e.undo_on_timeout
+    undo = d.undo if in_doubt else _others(d)
+    step_status = StepStatus.TIMED_OUT if in_doubt else StepStatus.FAILED
+    saga_status = SagaStatus.COMPENSATING if undo else SagaStatus.COMPENSATED
+    return Move(Fail(step_status, saga_status), action="fail", reason="failed for good")
+
+
+def _failure_recorded(d: Delivery, e: FailureRecorded) -> Move:
+    if not e.recorded:
+        return Move(messages=(Drop("lost its claim", "warning"),), reason="lost its claim")
+    if e.saga_status is SagaStatus.COMPENSATING:
+        undo = d.undo if e.step_status is StepStatus.TIMED_OUT else _others(d)
+        return Move(messages=(SendCompensations(undo),), action="compensate", steps=undo)
+    if e.moved:  # nothing before it to undo: the saga ended with this write
+        return Move(messages=(Ended(SagaStatus.COMPENSATED),), action="finish")
+    return Move(messages=(Reconcile(),), reason="stopped meanwhile")  # it was cancelled
+
+
+def _attempt_released(d: Delivery, e: AttemptReleased) -> Move:
+    return Move(Release(e.delay), reason="released")
+
+
+def _attempt_succeeded(d: Delivery, e: AttemptSucceeded) -> Move:
+    return Move(Complete(last=d.is_last_step), reason="succeeded")
+
+
+def _success_recorded(d: Delivery, e: SuccessRecorded) -> Move:
+    outcome = e.outcome
+    if outcome is Outcome.LOST:
+        return Move(messages=(Drop("lost its claim", "warning"),), reason="lost its claim")
+    if outcome is Outcome.RECORDED:
+        return Move(messages=(SendNext(),), action="forward", steps=(d.index + 1,))
+    if outcome is Outcome.COMPLETED:
+        return Move(messages=(Ended(SagaStatus.COMPLETED),), action="finish")
+    if outcome is Outcome.HALTED:  # cancelled while the last step ran
+        return Move(messages=(Reconcile(),), reason="halted")
+    raise IllegalEvent(d.saga_id, "a recorded step", e, "a record outcome")
+
+
+# -- the rules: compensation messages --------------------------------------------------
+
+
+def _then(d: Delivery, *messages: Message) -> tuple[Message, ...]:
+    """After this compensation: the last of a chain settles the saga."""
+    return (*messages, Reconcile()) if d.last else messages
+
+
+def _compensation_claimed(d: Delivery, e: CompensationClaimed) -> Move:
+    outcome = e.outcome
+    if outcome is Outcome.CLAIMED:
+        return Move(messages=(Run(),), reason="claimed")
+    if outcome is Outcome.BUSY:  # its owner carries the rest of the chain on
+        return Move(messages=(Drop("busy"),), reason="busy")
+    if outcome in (Outcome.DONE, Outcome.STOPPED):  # done already, or nothing to undo
+        return Move(messages=_then(d), reason=outcome.value)
+    if outcome is Outcome.RUNNING:
+        # An errback Celery fired on its own (a lost worker, a failed publish) for a
+        # saga whose failure the store never recorded: the store decides, not Celery.
+        reason = "the saga is still running (an errback Celery fired on its own)"
+        return Move(messages=(Drop(reason, "warning"),), reason=reason)
+    if outcome is Outcome.MISSING:
+        return Move(messages=(Drop("missing", "error"),), reason="missing")
+    raise IllegalEvent(d.saga_id, "a compensation claim", e, "a claim outcome")
+
+
+def _compensation_failed(d: Delivery, e: CompensationFailed) -> Move:
+    if not e.final and e.retries < e.max_retries:
+        return Move(RecordCompensation(failed=True), (RetryLater(e.delay),), "retry")
+    return Move(RecordCompensation(failed=True, gave_up=True), _then(d), "gave up")
+
+
+def _compensation_succeeded(d: Delivery, e: CompensationSucceeded) -> Move:
+    return Move(RecordCompensation(), _then(d), "compensated")
+
+
+# -- the rules: the whole saga ---------------------------------------------------------
+
+_UNDO = frozenset({StepStatus.SUCCEEDED, StepStatus.TIMED_OUT, StepStatus.IN_DOUBT})
+
+
+def _alive(step: StepRecord, now: datetime) -> bool:
+    return step.lease_expires_at is not None and step.lease_expires_at > now
+
+
+def _last_activity(s: SagaState) -> datetime:
+    """The latest moment something happened to the saga.
+
+    A lease's end is not one; a retry's due time is: nothing is expected before it.
+    """
+    moments = [s.created_at, s.updated_at]
+    for step in s.steps:
+        moments += [
+            m
+            for m in (
+                step.started_at,
+                step.finished_at,
+                step.compensation_started_at,
+                step.compensation_finished_at,
+                step.lease_expires_at if step.status is StepStatus.PENDING else None,
+            )
+            if m is not None
+        ]
+    return max(moments)
+
+
+def _to_undo(steps: Sequence[StepRecord], now: datetime) -> tuple[int, ...]:
+    """Steps whose compensation is still to run, newest first."""
+    return tuple(
+        s.index
+        for s in reversed(steps)
+        if s.compensate
+        and (s.status in _UNDO or (s.status is StepStatus.COMPENSATING and not _alive(s, now)))
+    )
+
+
+def _what_next(s: SagaState, now: datetime, stall: float | None, force: bool = False) -> Move:
+    """What is left to do with a saga that is not finished.
+
+    ``stall`` (the sweep's): messages may still be queued unless nothing happened for
+    that long; ``None``: a shell just did its part, act at once.
+    """
+    quiet = stall is None or now - _last_activity(s) >= timedelta(seconds=stall)
+
+    def lost(step: StepRecord) -> bool:
+        return step.status is StepStatus.RUNNING and (force or not _alive(step, now))
+
+    if s.status is SagaStatus.RUNNING:
+        live = [st for st in s.steps if st.status is StepStatus.RUNNING and not lost(st)]
+        if live:
+            return _nothing(f"step {live[0].index} is running")
+        if s.deadline is not None and now > s.created_at + timedelta(seconds=s.deadline):
+            error = _deadline_error(s.deadline)
+            return Move(
+                Stop(error), (Reconcile(),), "deadline", f"past its deadline of {s.deadline:g} s"
+            )
+        for step in s.steps:
+            if lost(step):
+                start = step.index
+                why = f"the owner of step {start} is known dead"
+                return Move(
+                    TakeOver() if force else None,
+                    (SendSteps(start),),
+                    action="forward",
+                    reason=why if force else f"the lease of step {start} ran out",
+                    steps=tuple(range(start, len(s.steps))),
+                )
+        if not quiet:
+            return _nothing("progress within saga_recovery_stall")
+        pending = next((st for st in s.steps if st.status is StepStatus.PENDING), None)
+        if pending is None:
+            return _nothing("no step left to send")
+        start = pending.index
+        return Move(
+            messages=(SendSteps(start),),
+            action="forward",
+            reason=f"no progress since step {start} was due",
+            steps=tuple(range(start, len(s.steps))),
+        )
+    if s.status is SagaStatus.COMPENSATING:
+        if any(
+            st.status is StepStatus.COMPENSATING and _alive(st, now) and not force for st in s.steps
+        ):
+            return _nothing("a compensation is running")
+        live = [st for st in s.steps if st.status is StepStatus.RUNNING and not lost(st)]
+        if live:
+            return _nothing(f"step {live[0].index} is running (the saga was stopped)")
+        doubtful = tuple(st.index for st in s.steps if lost(st))
+        if doubtful:  # its worker died: it may have taken effect; undo it too
+            undo = _to_undo([_in_doubt(st) if st.index in doubtful else st for st in s.steps], now)
+            messages: tuple[Message, ...] = (SendCompensations(undo),) if undo else (Reconcile(),)
+            return Move(
+                MarkInDoubt(doubtful),
+                messages,
+                "in doubt",
+                f"the lease of step {doubtful[0]} ran out while compensating",
+                steps=undo,
+            )
+        if not quiet:
+            return _nothing("progress within saga_recovery_stall")
+        undo = _to_undo(s.steps, now)
+        if undo:
+            reason = "no progress in compensating" if stall is not None else "left to undo"
+            return Move(
+                messages=(SendCompensations(undo),), action="compensate", reason=reason, steps=undo
+            )
+        return Move(EndCompensation(), (Ended(),), "finish", "every compensation is done")
+    return _nothing(f"the saga is {s.status}")
+
+
+def _in_doubt(step: StepRecord) -> StepRecord:
+    return replace(step, status=StepStatus.IN_DOUBT)
+
+
+def _settle(s: SagaState, e: Settle) -> Move:
+    return _what_next(s, e.now, None)
+
+
+def _sweep(s: SagaState, e: Sweep) -> Move:
+    return _what_next(s, e.now, e.stall)
+
+
+def _resume(s: SagaState, e: Resume) -> Move:
+    if s.status.is_terminal:
+        raise SagaStateError(s.saga_id, s.status.value, "resumed", "a RUNNING or COMPENSATING")
+    return _what_next(s, e.now, 0.0, force=e.force)
+
+
+def _cancel(s: SagaState, e: Cancel) -> Move:
+    if s.status is not SagaStatus.RUNNING:
+        return _nothing(f"the saga is {s.status}", accepted=False)
+    return Move(Stop(e.error), (Reconcile(),), "cancel", str(e.error.get("message", "")))
+
+
+def _retry_compensation(s: SagaState, e: RetryCompensation) -> Move:
+    if s.status is not SagaStatus.FAILED:
+        return _nothing(f"the saga is {s.status}", accepted=False)
+    failed = tuple(
+        st.index for st in reversed(s.steps) if st.status is StepStatus.COMPENSATION_FAILED
+    )
+    return Move(Reopen(), (SendCompensations(failed),), "compensate", "retried", steps=failed)
+
+
+# -- the table -------------------------------------------------------------------------
+
+Rule: TypeAlias = Callable[[Any, Any], Move]
+
+#: Rules for step messages, by event.
+STEP_RULES: Mapping[type, Rule] = {
+    Delivered: _step_delivered,
+    Claimed: _step_claimed,
+    AttemptFailed: _attempt_failed,
+    AttemptReleased: _attempt_released,
+    AttemptSucceeded: _attempt_succeeded,
+    SuccessRecorded: _success_recorded,
+    FailureRecorded: _failure_recorded,
+}
+#: Rules for compensation messages, by event.
+COMPENSATION_RULES: Mapping[type, Rule] = {
+    CompensationClaimed: _compensation_claimed,
+    CompensationFailed: _compensation_failed,
+    CompensationSucceeded: _compensation_succeeded,
+}
+_ANY = tuple(SagaStatus)
+#: Rules for the whole stored saga, by event, with the statuses that accept it.
+SAGA_RULES: Mapping[type, tuple[Rule, tuple[SagaStatus, ...]]] = {
+    Settle: (_settle, _ANY),
+    Sweep: (_sweep, _ANY),
+    Resume: (_resume, _ANY),
+    Cancel: (_cancel, _ANY),
+    RetryCompensation: (_retry_compensation, _ANY),
+}
+
+
+def decide(state: Delivery | SagaState, event: Event, *, compensation: bool = False) -> Move:
+    """The move for ``event`` in ``state``.
+
+    A :class:`Delivery` takes the events of a step message (or, with
+    ``compensation=True``, of a compensation message); a :class:`SagaState` the events
+    about the whole saga. Anything else raises :class:`IllegalEvent`.
+    """
+    if isinstance(state, Delivery):
+        rules = COMPENSATION_RULES if compensation else STEP_RULES
+        rule = rules.get(type(event))
+        if rule is None:
+            kind = "a compensation message" if compensation else "a step message"
+            raise IllegalEvent(state.saga_id, kind, event, "an event of its own message")
+        return rule(state, event)
+    entry = SAGA_RULES.get(type(event))
+    if entry is None or state.status not in entry[1]:
+        allowed = ", ".join(s.value for s in entry[1]) if entry else "no"
+        raise IllegalEvent(state.saga_id, state.status.value, event, f"a {allowed}")
+    return entry[0](state, event)

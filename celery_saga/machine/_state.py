@@ -1,0 +1,94 @@
+"""What the machine decides on: a message's view of its saga, or the stored saga."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from ..errors import SagaStateError
+from ..records import StepRecord
+from ..status import SagaStatus
+
+__all__ = [
+    "CANCELLED",
+    "DEADLINE_EXCEEDED",
+    "IN_DOUBT",
+    "Delivery",
+    "IllegalEvent",
+    "Outcome",
+    "SagaState",
+]
+
+#: The ``type`` of the error a cancelled saga records.
+CANCELLED = "celery_saga.Cancelled"
+#: The ``type`` of the error a saga stopped by its ``deadline=`` records.
+DEADLINE_EXCEEDED = "celery_saga.DeadlineExceeded"
+#: The ``type`` of the error of a step whose worker was lost while the saga compensated.
+IN_DOUBT = "celery_saga.InDoubt"
+
+
+class IllegalEvent(SagaStateError):
+    """The saga's state does not accept this event (a bug in a shell, or a stale call)."""
+
+    def __init__(self, saga_id: str, status: str, event: object, allowed: str) -> None:
+        super().__init__(saga_id, status, f"given {type(event).__name__}", allowed)
+
+
+class Outcome(enum.Enum):
+    """What a conditional write found (the store's claim and record results)."""
+
+    CLAIMED = "claimed"  #: the caller owns the step (or compensation) now
+    DONE = "done"  #: it ran to the end already
+    BUSY = "busy"  #: another delivery owns it under a live lease
+    STOPPED = "stopped"  #: the saga is not in a state where this may run
+    HALTED = "halted"  #: the saga was stopped (cancelled) before this could run or end it
+    RUNNING = "running"  #: a compensation for a saga that is still running forward
+    MISSING = "missing"  #: the store does not know the saga
+    LOST = "lost"  #: the caller no longer owns the step: nothing was written
+    RECORDED = "recorded"  #: written; the saga goes on
+    COMPLETED = "completed"  #: written, and the saga completed with it
+
+
+# -- state ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What one step or compensation message says of its saga.
+
+    ``undo`` lists the steps whose compensations run if this step fails for good,
+    newest first (this step's own first when it is in doubt after a timeout).
+    ``deadline`` and ``started`` are epoch seconds (``None``: no deadline).
+    """
+
+    saga_id: str
+    name: str
+    index: int
+    count: int
+    undo: tuple[int, ...] = ()
+    deadline: float | None = None
+    started: float | None = None
+    last: bool = False  #: for a compensation: the last of its chain (it settles the saga)
+
+    @property
+    def is_last_step(self) -> bool:
+        """Whether this is the saga's last forward step."""
+        return self.index == self.count - 1
+
+
+@dataclass(frozen=True)
+class SagaState:
+    """A saga as stored: its row's fields the machine needs and its steps in plan order."""
+
+    saga_id: str
+    name: str
+    status: SagaStatus
+    steps: tuple[StepRecord, ...]
+    created_at: datetime
+    updated_at: datetime
+    deadline: float | None = None  #: seconds after ``created_at``
+    error: Mapping[str, Any] | None = None
+    failed_step: int | None = None
