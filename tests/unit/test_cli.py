@@ -277,8 +277,32 @@ def test_store_unreachable_is_one_line(tmp_path: Path) -> None:
         result = CliRunner().invoke(saga, args, obj=context)
         assert result.exit_code == 1
         assert result.output.startswith("Error: saga store sqlite:///")
+        assert "cannot be reached" in result.output
         assert "unable to open database file" in result.output
         assert len(result.output.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("postgresql+nodriver://u:secret@db/shop", "SQLAlchemy has no database or driver"),
+        ("oracle-ish://u:secret@db/shop", "is not a SQLAlchemy URL"),
+        ("postgresql+psycopg2://u:secret@db/shop", "its driver is not installed"),
+    ],
+)
+def test_store_url_mistakes_are_one_line(tmp_path: Path, url: str, message: str) -> None:
+    """A store URL SQLAlchemy cannot use is one line naming it (password hidden), no traceback."""
+    from tests.support.app import make_app
+
+    app = make_app("memory://", url, f"sqlite:///{tmp_path / 'ledger.sqlite3'}")
+    context = CLIContext(app=app, no_color=True, workdir=None)
+    for args in (["list"], ["db", "current"], ["list", "--json"]):
+        result = CliRunner().invoke(saga, args, obj=context)
+        assert result.exit_code == 1, result.output
+        assert message in result.output
+        assert "secret" not in result.output
+        assert "Traceback" not in result.output
+        assert len(result.output.splitlines()) == 1 or args[-1] == "--json"
 
 
 def test_parse_duration() -> None:
