@@ -3,7 +3,7 @@
 Registered under the ``celery.commands`` entry point, so Celery's ``-A``/``--app``,
 ``--config`` and ``--no-color`` apply. Every command takes ``--json`` for scripts; an
 error (unknown id, store unreachable, a saga in the wrong status) is one line on
-stderr and exit status 1.
+stderr and exit status 1 (with ``--json``: ``{"error": {...}}`` on stdout, exit status 1).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import json
 import re
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any, TypeVar
 
 import click
@@ -79,7 +80,12 @@ class _Duration(click.ParamType):  # type: ignore[type-arg]
 
 
 DURATION = _Duration()
-STATUS = click.Choice([status.value for status in SagaStatus], case_sensitive=False)
+#: What ``list --status`` takes: the statuses a stored saga can have. (``PENDING`` is only
+#: what ``SagaResult`` says of an id the store does not know.)
+STATUS = click.Choice(
+    [status.value for status in SagaStatus if status is not SagaStatus.PENDING],
+    case_sensitive=False,
+)
 
 
 def _app(ctx: click.Context) -> Celery:
@@ -99,8 +105,30 @@ def _echo(ctx: click.Context, text: str = "") -> None:
     click.echo(text, color=_colour(ctx))
 
 
+#: Stands for a ``Decimal`` in JSON text while it is being written (see :func:`_dumps`).
+_NUMBER = "\x00number:"
+_NUMBER_TEXT = re.compile(r'"\\u0000number:([^"]*)"')
+
+
+def _numbers(value: Any) -> Any:
+    """``value`` with every ``Decimal`` (kombu's JSON gives them back) as a marked string."""
+    if isinstance(value, Decimal):
+        return f"{_NUMBER}{value}" if value.is_finite() else str(value)
+    if isinstance(value, dict):
+        return {key: _numbers(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_numbers(item) for item in value]
+    return value
+
+
+def _dumps(value: Any, **options: Any) -> str:
+    """JSON text in which a ``Decimal`` is a number, written exactly (``9.99``, not "9.99")."""
+    text = json.dumps(_numbers(value), default=_json_default, **options)
+    return _NUMBER_TEXT.sub(lambda match: match.group(1), text)
+
+
 def _emit_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, default=_json_default, sort_keys=True))
+    click.echo(_dumps(data, indent=2, sort_keys=True))
 
 
 def _json_default(value: Any) -> Any:
@@ -108,21 +136,37 @@ def _json_default(value: Any) -> Any:
         return value.isoformat()
     if isinstance(value, enum.Enum):
         return value.value
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "backslashreplace")
+    return str(value)  # UUID, date, time: as kombu's JSON writes them
 
 
 def _as_dict(record: Any) -> dict[str, Any]:
     return {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
 
 
+class _JSONError(click.ClickException):
+    """A saga error under ``--json``: ``{"error": {"code", "type", "message"}}`` on stdout."""
+
+    def __init__(self, exc: SagaError) -> None:
+        super().__init__(str(exc))
+        self.error = {"code": exc.code, "type": type(exc).__name__, "message": str(exc),
+                      "retryable": exc.retryable}  # fmt: skip
+
+    def show(self, file: Any = None) -> None:
+        _emit_json({"error": self.error})
+
+
 def _operation(function: F) -> F:
-    """Turn a saga error into one ``Error: ...`` line and exit status 1."""
+    """Turn a saga error into one ``Error: ...`` line (``--json``: JSON) and exit status 1."""
 
     @functools.wraps(function)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return function(*args, **kwargs)
         except SagaError as exc:
+            if kwargs.get("as_json"):
+                raise _JSONError(exc) from exc
             raise click.ClickException(str(exc)) from exc
 
     return wrapper  # type: ignore[return-value]
@@ -136,11 +180,16 @@ def _handles(function: F) -> F:
 
 @click.group(name="saga")
 def saga() -> None:
-    """Sagas: list, show, cancel, resume, recover, purge, and the store's schema."""
+    """Sagas: list, show, cancel, resume, recover, purge, and the store's schema.
+
+    Every command takes --json: JSON for scripts, errors included.
+    """
 
 
 @saga.command(name="list")
-@click.option("--status", "statuses", type=STATUS, multiple=True, help="Only this status.")
+@click.option(
+    "--status", "statuses", type=STATUS, multiple=True, help="Only this status (repeatable)."
+)
 @click.option("--name", help="Only sagas of this name.")
 @click.option("--older-than", type=DURATION, help="Started longer ago than this (7d, 2h).")
 @click.option("--newer-than", type=DURATION, help="Started within this (30m).")
@@ -225,17 +274,19 @@ def render_saga(record: SagaRecord, steps: Sequence[StepRecord]) -> list[str]:
     if record.finished_at is not None:
         when += f", ended {_time(record.finished_at)} ({_seconds(record.duration)})"
     lines.append(when)
-    if record.error:
-        where = "" if record.failed_step is None else f"step {record.failed_step}: "
-        lines.append("  " + click.style(f"why: {where}{_error(record.error)}", fg="red"))
+    lines += ["  " + click.style(f"why: {why}", fg="red") for why in _why(record, steps)]
     if record.recovery_error:
         noted = record.recovery_error
         text = f"recovery failed {noted.get('at', '')}: {noted.get('message', '')}"
         lines.append("  " + click.style(text, fg="yellow"))
+    now = datetime.now(UTC)
     for number, step in enumerate(steps):
         last = number == len(steps) - 1
         branch, stem = ("└─", "   ") if last else ("├─", "│  ")
         lines.append(f"{branch} {step.index} {step.name}  {_step_status(step)}")
+        lease = _lease(step, now)
+        if lease:
+            lines.append(f"{stem}   {lease}")
         if step.result is not None:
             lines.append(f"{stem}   result: {_value(step.result)}")
         if step.error:
@@ -246,6 +297,52 @@ def render_saga(record: SagaRecord, steps: Sequence[StepRecord]) -> list[str]:
                 error = _error(step.compensation_error)
                 lines.append(f"{stem}     " + click.style(f"error: {error}", fg="red"))
     return lines
+
+
+def _why(record: SagaRecord, steps: Sequence[StepRecord]) -> list[str]:
+    """Why the saga ended as it did: for ``FAILED``, the compensations that gave up first."""
+    reasons = []
+    if record.status is SagaStatus.FAILED:
+        reasons = [
+            f"step {step.index} {step.name}: compensation {step.compensate} gave up: "
+            f"{_error(step.compensation_error or {'type': 'unknown error'})}"
+            for step in steps
+            if step.status is StepStatus.COMPENSATION_FAILED
+        ]
+    if record.error:
+        where = "" if record.failed_step is None else f"step {record.failed_step}: "
+        after = "after " if reasons else ""
+        reasons.append(f"{after}{where}{_error(record.error)}")
+    return reasons
+
+
+def _lease(step: StepRecord, now: datetime) -> str:
+    """When a running step's (or compensation's) owner stops owning it, if it does."""
+    running = step.status in (StepStatus.RUNNING, StepStatus.COMPENSATING)
+    if not running or step.lease_expires_at is None:
+        return ""
+    left = (step.lease_expires_at - now).total_seconds()
+    when = f"in {_human(left)}" if left >= 0 else f"ran out {_human(-left)} ago"
+    return f"lease ends {_time(step.lease_expires_at)} ({when})"
+
+
+_HUMAN_UNITS = (("day", 86400), ("hour", 3600), ("minute", 60))
+
+
+def _human(seconds: float) -> str:
+    """A duration as a person writes it, in its two largest units: "7 days", "1 day 12 hours"."""
+    if seconds < 60:
+        whole = round(seconds)
+        return f"{whole} second{'' if whole == 1 else 's'}"
+    parts: list[str] = []
+    rest = round(seconds)
+    for unit, size in _HUMAN_UNITS:
+        count, rest = divmod(rest, size)
+        if count:
+            parts.append(f"{count} {unit}{'' if count == 1 else 's'}")
+    if rest:
+        parts.append(f"{rest} second{'' if rest == 1 else 's'}")
+    return " ".join(parts[:2])
 
 
 def _step_status(step: StepRecord) -> str:
@@ -277,7 +374,7 @@ def _seconds(value: float | None) -> str:
 
 
 def _value(value: Any) -> str:
-    text = json.dumps(value, default=str, sort_keys=True)
+    text = _dumps(value, sort_keys=True)
     return text if len(text) <= _MAX_VALUE else text[: _MAX_VALUE - 3] + "..."
 
 
@@ -410,7 +507,8 @@ def purge_(
         return
     verb = "would delete" if dry_run else "deleted"
     names = ", ".join(s.value for s in wanted)
-    _echo(ctx, f"{verb} {count} sagas ({names}) that ended over {older_than} ago")
+    _echo(ctx, f"{verb} {count} sagas ({names}) that ended more than "
+               f"{_human(older_than.total_seconds())} ago")  # fmt: skip
 
 
 @saga.group(name="db")

@@ -15,6 +15,7 @@ setting                           default                           meaning
 ``saga_redact``                   ``None``                          redactor for spans and logs
 ``saga_recovery_stall``           ``300``                           quiet seconds before recovery
 ``saga_recovery_batch``           ``500``                           sagas looked at per sweep
+``saga_recovery_interval``        ``30``                            seconds between beat's sweeps
 ``saga_result_expires``           ``604800`` (7 days)               purge finished sagas this old
 ================================= ================================= ================================
 
@@ -37,7 +38,14 @@ from celery.utils.imports import symbol_by_name
 
 from .errors import SagaConfigurationError
 
-__all__ = ["DEFAULT_STORE_URL", "Redactor", "SagaConfig", "clear_config", "get_config"]
+__all__ = [
+    "DEFAULT_STORE_URL",
+    "Redactor",
+    "SagaConfig",
+    "clear_config",
+    "get_config",
+    "recovery_interval",
+]
 
 #: ``redact(step, field, value) -> value``: see ``saga_redact``.
 Redactor = Callable[[str, str, Any], Any]
@@ -65,6 +73,7 @@ class SagaConfig:
     redact: Redactor | None = None
     recovery_stall: float = 300.0
     recovery_batch: int = 500
+    recovery_interval: float | None = 30.0
     result_expires: float | None = 7 * 24 * 3600.0
 
     @classmethod
@@ -116,6 +125,7 @@ class SagaConfig:
             redact=_redactor(conf.get("saga_redact")),
             recovery_stall=number("recovery_stall", defaults.recovery_stall, minimum=0.0),
             recovery_batch=int(number("recovery_batch", defaults.recovery_batch, minimum=1.0)),
+            recovery_interval=recovery_interval(conf),
             result_expires=_expires(conf, defaults.result_expires),
         )
 
@@ -133,6 +143,26 @@ def _expires(conf: Mapping[str, Any], default: float | None) -> float | None:
         raise SagaConfigurationError(
             f"saga_result_expires must be seconds (or a timedelta), None or 0 to keep "
             f"finished sagas forever, got {value!r}"
+        )
+    return float(value)
+
+
+def recovery_interval(conf: Mapping[str, Any]) -> float | None:
+    """``saga_recovery_interval``: seconds (or a ``timedelta``) between the sweeps beat runs.
+
+    ``None`` or ``0``: :func:`celery_saga.install` puts no ``celery_saga.recover`` in beat.
+    """
+    if "saga_recovery_interval" not in conf:
+        return SagaConfig.recovery_interval
+    value = conf["saga_recovery_interval"]
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    if value is None or value == 0:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise SagaConfigurationError(
+            f"saga_recovery_interval must be seconds (or a timedelta) between recovery "
+            f"sweeps, or None to schedule none, got {value!r}"
         )
     return float(value)
 

@@ -207,7 +207,7 @@ def build_plan(
         kwargs = dict(sig.kwargs)
         if json_problem([args, kwargs, options]) is not None:  # find which one, to say so
             for position, value in enumerate(args):
-                _check_json(value, f"argument {position}", task_name)
+                _check_json(value, f"argument {position + 1}", task_name)
             for key, value in kwargs.items():
                 _check_json(value, f"keyword argument {key!r}", task_name)
             _check_json(options, "the options", task_name)

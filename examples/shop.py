@@ -27,6 +27,8 @@ if BROKER.startswith("filesystem://"):
     app.conf.broker_transport_options = {
         "data_folder_in": str(folder),
         "data_folder_out": str(folder),
+        # (kombu's default is ./control, in the working directory)
+        "control_folder": str(folder / "control"),
         "polling_interval": 0.1,
     }
 if "SHOP_SAGA_STORE" in os.environ:

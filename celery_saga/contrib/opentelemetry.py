@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 import traceback
 from collections.abc import Callable, Collection, Iterator
@@ -73,6 +74,16 @@ from ..status import SagaStatus
 __all__ = ["SagaInstrumentor", "saga_trace_id"]
 
 _SCOPE = "celery_saga"
+
+logger = logging.getLogger(__name__)
+
+_NO_PROVIDER = (
+    "SagaInstrumentor: no OpenTelemetry tracer provider is configured (the global one is "
+    "the API's default, which records nothing), so no saga spans are exported. Under "
+    "opentelemetry-instrument, install opentelemetry-distro and an exporter (pip install "
+    '"celery-sagas[opentelemetry]") and set OTEL_TRACES_EXPORTER; or call '
+    "trace.set_tracer_provider(...) before the first saga, or pass instrument(tracer_provider=...)"
+)
 
 
 def _digest(*parts: object) -> bytes:
@@ -174,12 +185,20 @@ class _SagaTracing:
         self.provider = provider
         self.capture_payloads = capture_payloads
         self._cached: tuple[TracerProvider, Tracer] | None = None
+        self._warned = False
 
     def tracer(self) -> Tracer:
         provider = self.provider or trace.get_tracer_provider()
         cached = self._cached
         if cached is not None and cached[0] is provider:
             return cached[1]
+        if not self._warned and isinstance(
+            provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider
+        ):
+            # Checked at the first span, not in instrument(): a provider may be set later
+            # (in worker_process_init, say). Once per process.
+            self._warned = True
+            logger.warning(_NO_PROVIDER)
         tracer = provider.get_tracer(_SCOPE, __version__)
         inner = getattr(tracer, "id_generator", None)
         if isinstance(inner, IdGenerator) and not isinstance(inner, _SagaIds):

@@ -43,14 +43,20 @@ from __future__ import annotations
 import importlib
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
-from celery import Celery, _state
-from celery.worker import WorkController
 
-from .._install import install
-from ..testing import Faults, SagaEvents, configured, memory_settings, worker
+if TYPE_CHECKING:
+    from celery import Celery
+    from celery.worker import WorkController
+
+    from ..testing import Faults, SagaEvents
+
+# pytest loads this plugin into every run of an environment that has celery_saga, also
+# runs that use none of its fixtures: so it imports the worker and the test kit
+# (celery.worker, celery.contrib.testing, celery_saga.testing) inside the fixtures, for
+# import cost. tests/unit/test_import_cost.py checks it.
 
 __all__ = [
     "saga_app",
@@ -85,12 +91,19 @@ def saga_store_url(tmp_path: Path) -> str:
 @pytest.fixture
 def saga_settings(saga_store_url: str, saga_config: Mapping[str, Any]) -> dict[str, Any]:
     """What ``saga_app`` runs on: ``memory://``, the throw-away store, ``saga_config``."""
+    from ..testing import memory_settings  # (import cost: see the top of the module)
+
     return {**memory_settings(saga_store_url), **saga_config}
 
 
 @pytest.fixture
 def saga_app(saga_settings: Mapping[str, Any], saga_includes: Sequence[str]) -> Iterator[Celery]:
     """A new saga-ready app (current and default while the test runs)."""
+    from celery import Celery, _state  # (import cost: see the top of the module)
+
+    from .._install import install
+    from ..testing import configured
+
     state: Any = _state  # (Celery's own test app fixture saves and restores the same)
     previous_current = state._tls.current_app
     previous_default = state.default_app
@@ -112,6 +125,8 @@ def saga_app(saga_settings: Mapping[str, Any], saga_includes: Sequence[str]) -> 
 @pytest.fixture
 def saga_worker(saga_app: Celery) -> Iterator[WorkController]:
     """A real Celery worker (threads pool, 4 wide) in this process, running ``saga_app``."""
+    from ..testing import worker  # (import cost: see the top of the module)
+
     with worker(saga_app) as controller:
         yield controller
 
@@ -119,6 +134,8 @@ def saga_worker(saga_app: Celery) -> Iterator[WorkController]:
 @pytest.fixture
 def saga_events() -> Iterator[SagaEvents]:
     """Every celery_saga signal sent while the test runs, in order."""
+    from ..testing import SagaEvents  # (import cost: see the top of the module)
+
     with SagaEvents() as events:
         yield events
 
@@ -126,5 +143,7 @@ def saga_events() -> Iterator[SagaEvents]:
 @pytest.fixture
 def saga_faults(saga_app: Celery) -> Iterator[Faults]:
     """Fault injection for ``saga_app``'s steps and compensations."""
+    from ..testing import Faults  # (import cost: see the top of the module)
+
     with Faults(saga_app) as faults:
         yield faults

@@ -10,9 +10,8 @@ separately.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from alembic.migration import MigrationContext
-from alembic.operations import Operations
 from sqlalchemy import (
     Column,
     Connection,
@@ -25,6 +24,9 @@ from sqlalchemy import (
 )
 
 from .schema import SCHEMA_VERSION, json_type, saga_schema, timestamp_type
+
+if TYPE_CHECKING:
+    from alembic.operations import Operations
 
 __all__ = ["MIGRATIONS", "current_version", "upgrade"]
 
@@ -171,6 +173,11 @@ def upgrade(engine: Engine, target: int = SCHEMA_VERSION) -> tuple[int, int]:
             before = version
             if version == 0:
                 saga_schema.create(connection, checkfirst=True)
+            # Alembic only when a schema change runs: importing it costs ~150 ms, which
+            # every `import celery_saga` (and every pytest run, through the plugin) paid.
+            from alembic.migration import MigrationContext
+            from alembic.operations import Operations
+
             operations = Operations(MigrationContext.configure(connection))
             for number in range(version + 1, target + 1):
                 MIGRATIONS[number - 1](operations)

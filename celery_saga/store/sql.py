@@ -11,7 +11,11 @@ Features:
 Connection string:
     Any SQLAlchemy URL: ``sqlite:///celery_saga.sqlite3`` (the default, a file in the
     working directory), ``postgresql+psycopg://user@host/db``,
-    ``mysql+pymysql://user@host/db``.
+    ``mysql+pymysql://user@host/db``. Without a driver (``postgres://``,
+    ``postgresql://``, ``mysql://``) the installed one is used (psycopg 3 first). A URL
+    SQLAlchemy cannot use is a :class:`~celery_saga.SagaConfigurationError`; a server
+    that refuses the connection a :class:`~celery_saga.SagaStoreError` saying the store
+    cannot be reached.
 
 Options:
     ``saga_store_engine_options`` is passed to :func:`sqlalchemy.create_engine`.
@@ -230,11 +234,16 @@ class SagaStore:
         except (OperationalError, DBAPIError) as exc:
             if isinstance(exc, IntegrityError):
                 raise
-            raise SagaStoreError(
-                f"saga store {self.safe_url} could not {doing}: "
+            cause = (
                 f"{type(exc.orig).__name__ if exc.orig else type(exc).__name__}: "
                 f"{str(exc.orig or exc).strip().splitlines()[0]}"
-            ) from exc
+            )
+            if exc.statement is None:  # it failed to connect: no statement was sent
+                raise SagaStoreError(
+                    f"saga store {self.safe_url} cannot be reached (to {doing}): {cause}; "
+                    f"is the database server up, and saga_store_url right?"
+                ) from exc
+            raise SagaStoreError(f"saga store {self.safe_url} could not {doing}: {cause}") from exc
 
     @contextmanager
     def _write(self, doing: str) -> Iterator[Connection]:

@@ -39,5 +39,5 @@ def test_sample_project_passes_with_pytest_celery_installed(pytest_celery_venv: 
     output = run_sample_project(pytest_celery_venv)
 
     plugins = plugins_line(output)
-    assert "celery-saga-" in plugins
+    assert "celery-sagas-" in plugins
     assert "celery-1." in plugins  # pytest-celery's plugin was loaded

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -49,10 +53,14 @@ class Terminal:
         return done.stdout
 
     def start(self, block: Block) -> None:
+        if "instead of" in block.title:  # the page says: stop the one before (Ctrl-C)
+            self.close()
         log = self.folder / f"background-{len(self.background)}.log"
+        *setup, command = block.code.strip().splitlines()
+        script = "\n".join([*setup, f"exec {command}"])
         with log.open("wb") as out:
             process = subprocess.Popen(
-                ["bash", "-e", "-c", f"exec {block.code.strip()}"], cwd=self.folder,
+                ["bash", "-e", "-c", script], cwd=self.folder,
                 env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
         self.background.append((process, log))
@@ -101,3 +109,44 @@ def test_every_quickstart_block_runs_as_written(terminal: Terminal) -> None:
             raise AssertionError(f"the quick start has a {block.lang} block the test cannot run")
     worker_log = terminal.background[0][1].read_text()
     assert worker_log.index("refunded pay-o-2") < worker_log.index("released res-o-2")
+    traced_log = terminal.background[-1][1]
+    assert len(terminal.background) == 2, "the page restarts the worker with tracing"
+    saga_trace = wait_for_trace(traced_log, "saga checkout")
+    assert sorted(saga_trace) == [
+        "compensate shop.refund", "compensate shop.release_stock", "saga checkout",
+        "step shop.charge", "step shop.reserve_stock", "step shop.ship",
+    ]  # fmt: skip
+    assert saga_trace["saga checkout"]["attributes"]["saga.status"] == "COMPENSATED"
+    assert saga_trace["saga checkout"]["attributes"]["saga.id"] == "order-o-3"
+
+
+def console_spans(log: Path) -> list[dict[str, Any]]:
+    """The spans the console exporter printed into a worker's log (one JSON object each)."""
+    text = log.read_text(errors="replace")
+    decoder = json.JSONDecoder()
+    spans = []
+    for start in re.finditer(r"^\{$", text, flags=re.M):
+        try:
+            span, _ = decoder.raw_decode(text[start.start() :])
+        except json.JSONDecodeError:
+            continue  # still being written
+        spans.append(span)
+    return spans
+
+
+def wait_for_trace(log: Path, root: str, timeout: float = 60.0) -> dict[str, dict[str, Any]]:
+    """The celery_saga spans of the trace whose root is ``root``, by name, once it is printed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        spans = console_spans(log)
+        roots = [span for span in spans if span["name"] == root]
+        if roots:
+            trace_id = roots[0]["context"]["trace_id"]
+            return {
+                span["name"]: span
+                for span in spans
+                if span["context"]["trace_id"] == trace_id
+                and span["name"].split()[0] in ("saga", "step", "compensate", "start")
+            }
+        assert time.monotonic() < deadline, f"no {root!r} span printed:\n{log.read_text()}"
+        time.sleep(0.5)

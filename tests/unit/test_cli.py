@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -156,6 +158,58 @@ def test_show_a_failed_saga_gives_the_compensation_error(env: SagaEnv, sagas: Sa
     assert "error: tests.support.app.StepFailure: undo of a failed (attempt 3)" in output
 
 
+def test_show_why_of_a_failed_saga_names_the_compensation(env: SagaEnv, sagas: Sagas) -> None:
+    """A FAILED saga's `why:` names the compensation that gave up first, then the step error."""
+    lines = ok(env, "show", sagas.failed).splitlines()
+    assert lines[2] == (
+        "  why: step 0 shop.act: compensation shop.undo gave up: "
+        "tests.support.app.StepFailure: undo of a failed (attempt 3)"
+    )
+    assert lines[3] == "  why: after step 1: tests.support.app.StepFailure: b failed"
+
+
+def test_show_tells_when_a_running_steps_lease_ends(env: SagaEnv, sagas: Sagas) -> None:
+    """`show` of a step a worker holds says when its lease ends, in UTC and from now."""
+    output = ok(env, "show", sagas.compensating)
+    when = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC"
+    left = r"in (10 minutes|9 minutes \d+ seconds)"
+    assert re.search(rf"\n\s+lease ends {when} \({left}\)\n", output), output
+
+
+def test_show_prints_decimals_as_numbers(env: SagaEnv, sagas: Sagas) -> None:
+    """A Decimal in a step's result is a number in `show` and in `show --json`."""
+    saga_id = sagas._run(new_id("money"), env.sig("act", Decimal("9.99"), tag="d"))
+    assert '      result: {"args": [9.99], "tag": "d"}\n' in ok(env, "show", saga_id)
+    text = ok(env, "show", saga_id, "--json")
+    assert '"args": [\n        9.99\n      ]' in text
+    assert json.loads(text)["steps"][0]["result"]["args"] == [9.99]
+
+
+def test_help_mentions_json(env: SagaEnv) -> None:
+    """`celery saga --help` says every command takes --json."""
+    assert "--json" in ok(env, "--help")
+
+
+def test_json_errors_are_json(env: SagaEnv, sagas: Sagas) -> None:
+    """With --json, an error is a JSON object on stdout (code, type, message), exit status 1."""
+    result = run(env, "show", "no-such-saga", "--json")
+    assert result.exit_code == 1
+    assert json.loads(result.stdout) == {"error": {
+        "code": "not_found", "type": "SagaNotFound", "retryable": False,
+        "message": "no saga with id 'no-such-saga' in the saga store",
+    }}  # fmt: skip
+    result = run(env, "cancel", sagas.completed, "--json")
+    assert result.exit_code == 1
+    assert json.loads(result.stdout)["error"]["code"] == "illegal_transition"
+
+
+def test_list_status_takes_only_stored_statuses(env: SagaEnv, sagas: Sagas) -> None:
+    """`list --status pending` is refused: PENDING is never stored (it means 'unknown id')."""
+    result = run(env, "list", "--status", "pending")
+    assert result.exit_code == 2
+    assert "'pending' is not one of" in result.output
+
+
 def test_show_json_has_steps_and_attempt_errors(env: SagaEnv, sagas: Sagas) -> None:
     """`show --json` gives the saga and every step field, attempt errors included."""
     data = as_json(env, "show", sagas.failed)
@@ -268,7 +322,12 @@ def test_purge_deletes_only_old_finished_sagas(env: SagaEnv, sagas: Sagas) -> No
     assert as_json(env, "purge", "--older-than", "1d")["deleted"] == 0
     output = ok(env, "purge", "--older-than", "0s", "--status", "completed")
     assert output.startswith("deleted ")
-    assert "(COMPLETED)" in output
+    assert "(COMPLETED) that ended more than 0 seconds ago" in output
+    assert "ended more than 7 days ago" in ok(env, "purge", "--older-than", "7d")
+    assert "ended more than 1 day 12 hours ago" in ok(env, "purge", "--older-than", "1d12h")
+    assert "ended more than 1 minute 30 seconds ago" in ok(
+        env, "purge", "--older-than", "90", "--dry-run"
+    )
     assert SagaResult(sagas.completed, app=env.app).status is SagaStatus.PENDING  # gone
     assert SagaResult(sagas.failed, app=env.app).status is SagaStatus.FAILED
     assert SagaResult(sagas.compensating, app=env.app).status is SagaStatus.COMPENSATING
@@ -306,8 +365,35 @@ def test_store_unreachable_is_one_line(tmp_path: Path) -> None:
         result = CliRunner().invoke(saga, args, obj=context)
         assert result.exit_code == 1
         assert result.output.startswith("Error: saga store sqlite:///")
+        assert "cannot be reached" in result.output
         assert "unable to open database file" in result.output
         assert len(result.output.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("postgresql+nodriver://u:secret@db/shop", "SQLAlchemy has no database or driver"),
+        ("oracle-ish://u:secret@db/shop", "is not a SQLAlchemy URL"),
+        ("postgresql+psycopg2://u:secret@db/shop", "its driver is not installed"),
+    ],
+)
+def test_store_url_mistakes_are_one_line(tmp_path: Path, url: str, message: str) -> None:
+    """A store URL SQLAlchemy cannot use is one line naming it (password hidden), no traceback."""
+    from tests.support.app import make_app
+
+    app = make_app("memory://", url, f"sqlite:///{tmp_path / 'ledger.sqlite3'}")
+    context = CLIContext(app=app, no_color=True, workdir=None)
+    for args in (["list"], ["db", "current"], ["list", "--json"]):
+        result = CliRunner().invoke(saga, args, obj=context)
+        assert result.exit_code == 1, result.output
+        assert message in result.output
+        assert "secret" not in result.output
+        assert "Traceback" not in result.output
+        if args[-1] == "--json":
+            assert json.loads(result.stdout)["error"]["code"] == "misconfigured"
+        else:
+            assert len(result.output.splitlines()) == 1
 
 
 def test_parse_duration() -> None:

@@ -312,6 +312,46 @@ def test_uninstrument_stops_spans(env: SagaEnv, telemetry: Telemetry) -> None:
     SagaInstrumentor().instrument(tracer_provider=telemetry.provider)  # for the fixture's teardown
 
 
+def _no_provider_warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [
+        r
+        for r in caplog.records
+        if r.name == "celery_saga.contrib.opentelemetry"
+        and r.levelno == logging.WARNING
+        and "no OpenTelemetry tracer provider is configured" in r.getMessage()
+    ]
+
+
+def test_no_tracer_provider_logs_one_warning(
+    env: SagaEnv, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Instrumented with only the API's default provider, one WARNING says nothing is exported."""
+    monkeypatch.setattr(trace, "get_tracer_provider", trace.ProxyTracerProvider)
+    instrumentor = SagaInstrumentor()
+    instrumentor.instrument()
+    try:
+        with caplog.at_level(logging.WARNING, logger="celery_saga.contrib.opentelemetry"):
+            for _ in range(2):
+                saga = env.saga(env.sig("act", tag="a"), name="otel-none")
+                saga.apply_async(saga_id=new_id()).get(timeout=TIMEOUT)
+    finally:
+        instrumentor.uninstrument()
+    (warning,) = _no_provider_warnings(caplog)
+    assert "opentelemetry-distro" in warning.getMessage()
+    assert 'pip install "celery-sagas[opentelemetry]"' in warning.getMessage()
+
+
+def test_a_configured_provider_logs_no_warning(
+    env: SagaEnv, telemetry: Telemetry, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With a tracer provider given, the instrumentor warns about nothing."""
+    with caplog.at_level(logging.WARNING, logger="celery_saga.contrib.opentelemetry"):
+        result = env.saga(env.sig("act", tag="a"), name="otel-some").apply_async(saga_id=new_id())
+        result.get(timeout=TIMEOUT)
+    assert telemetry.saga_spans(result.id)
+    assert _no_provider_warnings(caplog) == []
+
+
 def test_registered_for_opentelemetry_instrument() -> None:
     """The opentelemetry_instrumentor entry point names SagaInstrumentor (for Celery 5.4+)."""
     (point,) = entry_points(group="opentelemetry_instrumentor", name="celery_saga")

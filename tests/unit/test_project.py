@@ -46,6 +46,9 @@ def test_demo_runs_as_written(tmp_path: Path) -> None:
     assert "refunded pay-o-" in out
     assert "released res-sku-1-sku-out-of-stock" in out
     assert (tmp_path / "celery_saga.sqlite3").exists()  # the default store, in the cwd
+    left = sorted(path.name for path in tmp_path.iterdir())
+    assert [name for name in left if not name.startswith("celery_saga.sqlite3")] == []
+    assert not [path for path in tmp_path.iterdir() if path.is_dir()]  # no control/ folder
 
 
 def test_missing_service_skips_locally(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -99,3 +102,29 @@ def test_every_cli_command_is_in_the_cli_reference() -> None:
     headings = re.findall(r"^## (.+)$", reference, flags=re.M)
     documented = {command_of(usage) for heading in headings for usage in heading.split(" / ")}
     assert documented == commands(saga)
+
+
+def test_observability_code_blocks_fit_the_column() -> None:
+    """Every line of every code block on the observability page is at most 80 characters."""
+    text = (ROOT / "docs" / "observability.md").read_text()
+    blocks = re.findall(r"^```[^\n]*\n(.*?)^```", text, flags=re.S | re.M)
+    assert blocks
+    too_wide = [line for block in blocks for line in block.splitlines() if len(line) > 80]
+    assert too_wide == []
+
+
+def test_home_page_draws_a_saga(tmp_path: Path) -> None:
+    """docs/index.md has a Mermaid saga (chain, errback chain, store, sweep) that mkdocs renders."""
+    index = (ROOT / "docs" / "index.md").read_text()
+    (diagram,) = re.findall(r"^```mermaid\n(.*?)^```", index, flags=re.S | re.M)
+    for part in ("Celery chain", "errback chain", "saga store", "recovery sweep"):
+        assert part in diagram
+    done = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet",
+         "--site-dir", str(tmp_path / "site")],
+        cwd=ROOT, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    html = (tmp_path / "site" / "index.html").read_text()
+    assert '<pre class="mermaid"><code>flowchart LR' in html

@@ -12,7 +12,7 @@ def test_sample_project_passes_with_the_plugin_alone() -> None:
     output = run_sample_project(sys.executable, "-p", "no:celery")
 
     plugins = plugins_line(output)
-    assert "celery-saga-" in plugins
+    assert "celery-sagas-" in plugins
     assert "celery-1." not in plugins  # pytest-celery is not there
 
 
@@ -20,4 +20,4 @@ def test_sample_project_passes_beside_celerys_own_plugin() -> None:
     """Celery's own pytest plugin (celery_app, celery_worker, ...) changes nothing for ours."""
     output = run_sample_project(sys.executable, "-p", "no:celery", "-p", "celery.contrib.pytest")
 
-    assert "celery-saga-" in plugins_line(output)
+    assert "celery-sagas-" in plugins_line(output)

@@ -21,9 +21,9 @@ def _nothing_stored(app: Celery, saga_id: str) -> bool:
 
 
 def test_non_json_argument_is_refused(app: Celery, published: list[str]) -> None:
-    """A step argument that JSON cannot carry names the step and the argument."""
-    steps = saga(app.signature("shop.act", args=(object(),), kwargs={"tag": "a"}), app=app)
-    with pytest.raises(SagaValidationError, match=r"argument 0 of saga step 'shop.act'"):
+    """A step argument that JSON cannot carry names the step and the argument, counted from 1."""
+    steps = saga(app.signature("shop.act", args=(1, object()), kwargs={"tag": "a"}), app=app)
+    with pytest.raises(SagaValidationError, match=r"argument 2 of saga step 'shop.act'"):
         steps.apply_async(saga_id="bad-arg")
     assert _nothing_stored(app, "bad-arg")
     assert published == []
