@@ -15,28 +15,78 @@
     result.get(timeout=30)
 """
 
-from ._install import install
-from .canvas import Saga, SagaPlan, saga
-from .config import SagaConfig
-from .context import StepContext, current_step
-from .errors import (
-    SagaCompensated,
-    SagaConfigurationError,
-    SagaConflictError,
-    SagaError,
-    SagaFailed,
-    SagaNotFound,
-    SagaStateError,
-    SagaStoreError,
-    SagaValidationError,
-)
-from .records import SagaRecord, StepRecord
-from .recovery import Recovery, recover
-from .result import SagaResult
-from .retention import purge
-from .retry import RetryPolicy
-from .status import SagaStatus, StepStatus
-from .step import saga_step
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the names below are loaded on first use (see __getattr__)
+    from ._install import install
+    from .canvas import Saga, SagaPlan, saga
+    from .config import SagaConfig
+    from .context import StepContext, current_step
+    from .errors import (
+        SagaCompensated,
+        SagaConfigurationError,
+        SagaConflictError,
+        SagaError,
+        SagaFailed,
+        SagaNotFound,
+        SagaStateError,
+        SagaStoreError,
+        SagaValidationError,
+    )
+    from .records import SagaRecord, StepRecord
+    from .recovery import Recovery, recover
+    from .result import SagaResult
+    from .retention import purge
+    from .retry import RetryPolicy
+    from .status import SagaStatus, StepStatus
+    from .step import saga_step
+
+#: Where each public name lives: ``import celery_saga`` alone loads none of them (nor
+#: Celery, nor SQLAlchemy), so the pytest plugin and tools that import the package for
+#: one thing stay cheap; ``from celery_saga import saga`` loads what it needs.
+_WHERE = {
+    "install": "._install",
+    "Saga": ".canvas",
+    "SagaPlan": ".canvas",
+    "saga": ".canvas",
+    "SagaConfig": ".config",
+    "StepContext": ".context",
+    "current_step": ".context",
+    "SagaCompensated": ".errors",
+    "SagaConfigurationError": ".errors",
+    "SagaConflictError": ".errors",
+    "SagaError": ".errors",
+    "SagaFailed": ".errors",
+    "SagaNotFound": ".errors",
+    "SagaStateError": ".errors",
+    "SagaStoreError": ".errors",
+    "SagaValidationError": ".errors",
+    "SagaRecord": ".records",
+    "StepRecord": ".records",
+    "Recovery": ".recovery",
+    "recover": ".recovery",
+    "SagaResult": ".result",
+    "purge": ".retention",
+    "RetryPolicy": ".retry",
+    "SagaStatus": ".status",
+    "StepStatus": ".status",
+    "saga_step": ".step",
+}
+
+
+def __getattr__(name: str) -> Any:
+    where = _WHERE.get(name)
+    if where is None:
+        raise AttributeError(f"module 'celery_saga' has no attribute {name!r}")
+    value = getattr(import_module(where, __name__), name)
+    globals()[name] = value  # once loaded, a plain module attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_WHERE})
+
 
 __version__ = "0.1.0"
 

@@ -31,6 +31,7 @@ __all__ = [
     "build_chain",
     "compensation_chain",
     "compensation_delivery",
+    "compensation_task_id",
     "publish",
     "republish",
     "resend_later",
@@ -53,6 +54,11 @@ COMPENSATE_TASK = "celery_saga.compensate"
 def step_task_id(saga_id: str, index: int) -> str:
     """The Celery task id of a saga's forward step (stable: the same on every publication)."""
     return f"{saga_id}:{index}"
+
+
+def compensation_task_id(saga_id: str, index: int) -> str:
+    """The Celery task id of the compensation of a saga's step."""
+    return f"{saga_id}:{index}:compensate"
 
 
 def step_delivery(header: Mapping[str, Any]) -> Delivery:
@@ -96,8 +102,10 @@ def compensation_chain(
 ) -> Signature[Any] | None:
     """The ``celery_saga.compensate`` messages of the given steps, in the order given.
 
-    The last one carries ``last=True``: it settles the saga. ``routes`` caches each
-    compensation's queue across calls.
+    The last one carries ``last=True``: it settles the saga. Each is shown in Celery's
+    logs, events and Flower under the compensation's own task name (``shadow``), with
+    the task id ``<saga id>:<step>:compensate``. ``routes`` caches each compensation's
+    queue across calls.
     """
     steps: Sequence[Mapping[str, Any]] = plan["steps"]
     routes = {} if routes is None else routes
@@ -112,6 +120,9 @@ def compensation_chain(
                 args=(saga_id, index),
                 kwargs={"last": position == len(undo) - 1, "name": plan["name"]},
                 immutable=True,
+                # what Celery's logs, events and Flower show: the user's task, the step
+                shadow=compensate,
+                task_id=compensation_task_id(saga_id, index),
                 **routes[compensate],
             )
         )

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.scenarios import SagaScenarios
+from celery_saga import SagaCompensated
+from tests.scenarios import SagaScenarios, new_id
 from tests.support.envs import SagaEnv, process_env
 from tests.support.services import REDIS_URL, require
 
@@ -46,3 +48,21 @@ class TestRedisWorkerSQLite(SagaScenarios):
     @pytest.fixture
     def env(self, redis_sqlite_env: SagaEnv) -> SagaEnv:
         return redis_sqlite_env
+
+
+def test_compensations_show_under_their_own_name_in_the_worker_log(
+    redis_sqlite_env: SagaEnv, worker_logs: Path
+) -> None:
+    """A real worker's log names a compensation by the user's task and its saga step."""
+    env = redis_sqlite_env
+    result = env.saga(env.sig("act", tag="a"), env.sig("act", tag="b", fail=True)).apply_async(
+        saga_id=new_id()
+    )
+    with pytest.raises(SagaCompensated):
+        result.get(timeout=30)
+    log = worker_logs / "redis-sqlite.log"
+    wanted = f"Task shop.undo[{result.id}:0:compensate] succeeded"
+    deadline = time.monotonic() + 10
+    while wanted not in log.read_text(errors="replace"):
+        assert time.monotonic() < deadline, f"no {wanted!r} in the worker log"
+        time.sleep(0.1)

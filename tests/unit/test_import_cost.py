@@ -30,11 +30,28 @@ def heavy(modules: list[str]) -> list[str]:
     return [m for m in modules if any(m == h or m.startswith(f"{h}.") for h in HEAVY)]
 
 
-def test_import_celery_saga_does_not_import_alembic() -> None:
-    """`import celery_saga` imports neither Alembic nor the worker nor the test kit."""
+def test_import_celery_saga_imports_nothing_else() -> None:
+    """`import celery_saga` loads its public names on first use: no Celery, no SQLAlchemy."""
     modules = imported_by("", "import celery_saga")
+    assert [m for m in modules if m.startswith(("celery", "kombu", "sqlalchemy"))] == [
+        "celery_saga"
+    ]
+
+
+def test_the_public_api_does_not_import_alembic() -> None:
+    """Using the public API imports neither Alembic nor the worker nor the test kit."""
+    modules = imported_by("", "from celery_saga import *")
     assert "celery_saga.store.migrations" in modules  # (the migrations, without Alembic)
     assert heavy(modules) == []
+
+
+def test_every_public_name_is_loaded_on_first_use() -> None:
+    """Each name of celery_saga.__all__ has a home the package loads it from, and no other."""
+    import celery_saga
+
+    assert sorted(celery_saga._WHERE) == sorted(celery_saga.__all__)
+    for name in celery_saga.__all__:
+        assert getattr(celery_saga, name) is not None
 
 
 def test_a_schema_change_imports_alembic() -> None:
