@@ -38,6 +38,10 @@ class TcpProxy:
                 continue
             upstream.settimeout(None)
             with self._lock:
+                if self._down.is_set():  # cut while this connection was being made
+                    client.close()
+                    upstream.close()
+                    continue
                 self._sockets |= {client, upstream}
             for source, sink in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
@@ -58,8 +62,8 @@ class TcpProxy:
 
     def cut(self) -> None:
         """Drop every open connection and refuse new ones."""
-        self._down.set()
         with self._lock:
+            self._down.set()
             sockets, self._sockets = self._sockets, set()
         for end in sockets:
             with suppress(OSError):
