@@ -28,7 +28,7 @@ from ._heartbeat import held
 from ._runtime import get_store
 from .config import get_config
 from .context import StepContext, running
-from .dispatch import COMPENSATE_TASK, compensation_delivery, resend_later
+from .dispatch import COMPENSATE_TASK, compensation_delivery, resend_later, retry_later
 from .errors import SagaConfigurationError, SagaStoreError
 from .machine import (
     CompensationClaimed,
@@ -171,9 +171,7 @@ def _compensate(
                 error["type"],
                 delay,
             )
-            raise self.retry(
-                exc=exc, countdown=delay, max_retries=config.compensation_max_retries
-            ) from exc
+            retry_later(self, exc, delay, max_retries=config.compensation_max_retries)
         message = _observe.redact(app, sender, "error", error["message"])
         log.error(
             "saga %s: compensation of step %d gave up: %s: %s",

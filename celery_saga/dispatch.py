@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn
 
 from celery import Celery, Signature, Task, chain
-from celery.exceptions import Ignore, Retry
+from celery.exceptions import Ignore, Reject, Retry
 from celery.utils.log import get_task_logger
 from celery.utils.saferepr import saferepr
 
@@ -35,6 +35,7 @@ __all__ = [
     "publish",
     "republish",
     "resend_later",
+    "retry_later",
     "send_next",
     "step_delivery",
     "step_signatures",
@@ -297,4 +298,32 @@ def resend_later(task: Task[Any, Any], exc: SagaStoreError, **pending: Any) -> N
         raise Ignore() from exc
     delay = min(2.0**tries, _MAX_STORE_RETRY_DELAY)
     logger.warning("%s; retrying %s in %.0f s", exc, task.name, delay)
-    raise republish(task, delay, r=tries + 1, **pending) from exc
+    try:
+        retry = republish(task, delay, r=tries + 1, **pending)
+    except Exception:
+        _unsent(task)
+    raise retry from exc
+
+
+def retry_later(
+    task: Task[Any, Any], exc: Exception, countdown: float, max_retries: int
+) -> NoReturn:
+    """Celery's ``task.retry``, except that a retry the broker refuses is no failure.
+
+    Celery turns a retry it cannot publish into ``Reject(requeue=False)``, and marks the
+    task failed (its errbacks fire). The attempt is recorded in the store already: drop
+    the message instead; the recovery sweep sends it again.
+    """
+    try:
+        raise task.retry(exc=exc, countdown=countdown, max_retries=max_retries)
+    except Reject:  # what task.retry raises when it could not publish the retry
+        _unsent(task)
+
+
+def _unsent(task: Task[Any, Any]) -> NoReturn:
+    logger.exception(
+        "%s[%s] could not be sent again (is the broker down?); the recovery sweep sends it",
+        task.name,
+        task.request.id,
+    )
+    raise Ignore() from None

@@ -29,7 +29,7 @@ from ._values import unstorable
 from .config import get_config
 from .context import StepContext, running
 from .definition import StepDefinition
-from .dispatch import HEADER, republish, resend_later, send_next
+from .dispatch import HEADER, republish, resend_later, retry_later, send_next
 from .dispatch import step_delivery as _delivery
 from .errors import SagaStoreError, SagaValidationError
 from .machine import (
@@ -367,10 +367,8 @@ class _StepShell:
                 error["type"],
                 retry.countdown,
             )
-            request = self.task.request
-            raise self.task.retry(
-                exc=exc, countdown=retry.countdown, max_retries=(request.retries or 0) + 1
-            ) from exc
+            retries = self.task.request.retries or 0  # the policy counts the attempts
+            retry_later(self.task, exc, retry.countdown, max_retries=retries + 1)
         assert isinstance(move.transition, Fail)
         fail = move.transition
         self.record_failure(token, error, fail, exc, reason="timeout" if timed_out else "error")

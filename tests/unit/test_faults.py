@@ -304,3 +304,44 @@ def _wait(condition: Callable[[], Any], timeout: float = TIMEOUT) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.02)
+
+
+def test_retry_the_broker_refuses_is_left_to_the_sweep(
+    env: SagaEnv, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A RetryPolicy retry that cannot be published is dropped, not failed: the sweep resends it."""
+    from celery.app.task import Task
+
+    real = Task.retry
+    refused: list[str] = []
+
+    def broker_down(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if self.name != "shop.insist" or refused:
+            return real(self, *args, **kwargs)
+        refused.append(self.request.id)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(Task, "apply_async", _refuse_publish)
+            return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Task, "retry", broker_down)
+    logger = logging.getLogger("celery_saga.execution")
+    logger.addHandler(caplog.handler)
+    try:
+        result = env.saga(
+            env.sig("act", tag="a"), env.sig("insist", tag="i", fail_times=1)
+        ).apply_async(saga_id=new_id())
+        _wait(lambda: bool(refused) and result.steps[1].status is StepStatus.PENDING)
+        _wait(lambda: "could not be sent again" in caplog.text)
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert result.status is SagaStatus.RUNNING
+    assert env.ledger.entries(result.id, "undo") == []
+    time.sleep(0.1)  # its retry is due 0.02-0.05 s after the attempt: the sweep waits for that
+    (report,) = recover(env.app, result.id, stalled_after=0)
+    assert report.action == "forward", (report, result.steps)
+    assert result.get(timeout=TIMEOUT) == "i"
+    assert result.steps[1].attempts == 2
+
+
+def _refuse_publish(*args: Any, **kwargs: Any) -> Any:
+    raise OperationalError("broker is down")
