@@ -738,14 +738,24 @@ class SagaStore:
         return None if row is None else saga_record(row)
 
     def unfinished_sagas(self, created_before: datetime, limit: int) -> list[SagaRecord]:
-        """Sagas still running or compensating, stored before ``created_before``, oldest first."""
+        """Sagas still running or compensating that the recovery sweep should look at.
+
+        Those with a step or compensation whose lease ran out (its worker died), however
+        young, first; then those stored before ``created_before``, oldest first.
+        """
+        c = saga_steps.c
+        lost = exists().where(
+            c.saga_id == sagas.c.id,
+            c.status.in_([StepStatus.RUNNING, StepStatus.COMPENSATING]),
+            c.lease_expires_at < utcnow(),
+        )
         query = (
             select(sagas)
             .where(
                 sagas.c.status.in_([SagaStatus.RUNNING, SagaStatus.COMPENSATING]),
-                sagas.c.created_at < created_before.replace(tzinfo=None),
+                or_(sagas.c.created_at < created_before.replace(tzinfo=None), lost),
             )
-            .order_by(sagas.c.created_at)
+            .order_by(case((lost, 0), else_=1), sagas.c.created_at)
             .limit(limit)
         )
         rows = self._read("find unfinished sagas", lambda c: c.execute(query).all())

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from celery_saga import SagaCompensated, SagaStatus, StepStatus, recover
 from tests.scenarios import new_id
-from tests.support.envs import broker_env, worker_process
+from tests.support.envs import ROOT, broker_env, worker_process
 from tests.support.services import REDIS_URL, require
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]
@@ -97,3 +101,59 @@ def test_hanging_step_is_stopped_and_undone(postgres_url: str, worker_logs: Path
         undone = env.ledger.entries(result.id, "undo")
         assert [e.tag for e in undone] == ["s", "a"]  # the in-doubt step first
         assert [e.payload["result"] for e in undone] == [None, {"tag": "a", "args": []}]
+
+
+def test_killed_step_runs_again_within_a_minute_with_the_defaults(
+    postgres_url: str, worker_logs: Path, tmp_path: Path
+) -> None:
+    """With the default lease and the beat schedule install() sets, a step whose worker was
+    kill -9ed on Redis runs again within about a minute (not after the visibility timeout)."""
+    require("redis")
+    queue = f"defaults-{uuid.uuid4().hex[:8]}"
+    with broker_env("defaults", REDIS_URL, postgres_url, postgres_url, queue) as env:
+        with worker_process(
+            REDIS_URL, postgres_url, postgres_url, queue, worker_logs / "defaults-first.log"
+        ) as worker:
+            result = env.saga(
+                env.sig("act", tag="a"), env.sig("act", tag="b", hang_first=600)
+            ).apply_async(saga_id=new_id())
+            _wait(lambda: env.ledger.count("do", "b", result.id) == 1)
+            os.killpg(worker.pid, signal.SIGKILL)
+            killed = time.monotonic()
+            worker.wait()
+        with (
+            worker_process(
+                REDIS_URL, postgres_url, postgres_url, queue, worker_logs / "defaults-again.log"
+            ),
+            _beat(queue, postgres_url, tmp_path, worker_logs / "defaults-beat.log"),
+        ):
+            _wait(lambda: env.ledger.count("do", "b", result.id) == 2, timeout=120)
+            again = time.monotonic() - killed
+            assert result.get(timeout=30)["tag"] == "b"
+    print(f"\nstep running again {again:.1f} s after the kill -9 (lease 30 s, sweep every 30 s)")
+    assert again < 75
+    assert [s.attempts for s in result.steps] == [1, 2]
+
+
+@contextlib.contextmanager
+def _beat(queue: str, store_url: str, folder: Path, log: Path) -> Iterator[None]:
+    """``celery beat`` for the test app, with the schedule install() gives it."""
+    env = {
+        **os.environ,
+        "SAGA_TEST_BROKER": REDIS_URL,
+        "SAGA_TEST_STORE": store_url,
+        "SAGA_TEST_LEDGER": store_url,
+        "SAGA_TEST_QUEUE": queue,
+        "PYTHONPATH": str(ROOT),
+    }
+    command = [
+        sys.executable, "-m", "celery", "-A", "tests.support.worker_app", "beat", "-l", "INFO",
+        "-s", str(folder / "celerybeat-schedule"), "--max-interval", "1",
+    ]  # fmt: skip
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        yield
+    finally:
+        process.terminate()
+        process.wait(timeout=20)

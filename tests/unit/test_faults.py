@@ -345,3 +345,19 @@ def test_retry_the_broker_refuses_is_left_to_the_sweep(
 
 def _refuse_publish(*args: Any, **kwargs: Any) -> Any:
     raise OperationalError("broker is down")
+
+
+def test_sweep_finds_a_young_saga_whose_worker_died(
+    env: SagaEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sweep looks at a saga younger than saga_recovery_stall when its step's lease ran out."""
+    _lose_messages(monkeypatch)
+    result = env.saga(env.sig("act", tag="y")).apply_async(saga_id=new_id())
+    get_store(env.app).claim_step(
+        result.id, 0, uuid.uuid4().hex, (), {"tag": "y"}, 0.01,
+        stage=0, task="shop.act", compensate="shop.undo",
+    )  # fmt: skip
+    time.sleep(0.05)
+    reports = {r.saga_id: r for r in recover(env.app, stalled_after=3600)}
+    assert reports[result.id].action == "forward"
+    assert result.get(timeout=TIMEOUT)["tag"] == "y"
