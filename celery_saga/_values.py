@@ -28,12 +28,16 @@ def _bad_text(text: str) -> str | None:
     return None
 
 
-def unstorable(value: Any) -> str | None:
-    """Why the store cannot keep ``value`` (text the databases refuse), or None.
+def unstorable(value: Any, encoded: str | None = None) -> str | None:
+    r"""Why the store cannot keep ``value`` (text the databases refuse), or None.
 
     PostgreSQL refuses NUL characters in JSON and text; no database takes a lone
     surrogate (it has no UTF-8 form). Looks through dicts (keys too), lists and tuples.
+    ``encoded``, the value's JSON, lets the common case skip the look: JSON that is
+    plain ASCII with no ``\u`` escape in it holds neither.
     """
+    if encoded is not None and encoded.isascii() and "\\u" not in encoded:
+        return None
     stack = [value]
     while stack:
         item = stack.pop()

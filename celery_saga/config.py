@@ -130,21 +130,27 @@ class SagaConfig:
         )
 
 
-def _expires(conf: Mapping[str, Any], default: float | None) -> float | None:
-    """``saga_result_expires``: seconds or a ``timedelta``; ``None`` or ``0``: keep forever."""
-    if "saga_result_expires" not in conf:
+def _seconds_or_off(
+    conf: Mapping[str, Any], key: str, default: float | None, off: str
+) -> float | None:
+    """A setting in seconds (or a ``timedelta``) that ``None`` or ``0`` turns off."""
+    if key not in conf:
         return default
-    value = conf["saga_result_expires"]
+    value = conf[key]
     if isinstance(value, timedelta):
         value = value.total_seconds()
     if value is None or value == 0:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
         raise SagaConfigurationError(
-            f"saga_result_expires must be seconds (or a timedelta), None or 0 to keep "
-            f"finished sagas forever, got {value!r}"
+            f"{key} must be seconds (or a timedelta), or None or 0 {off}, got {value!r}"
         )
     return float(value)
+
+
+def _expires(conf: Mapping[str, Any], default: float | None) -> float | None:
+    """``saga_result_expires``: seconds or a ``timedelta``; ``None`` or ``0``: keep forever."""
+    return _seconds_or_off(conf, "saga_result_expires", default, "to keep finished sagas forever")
 
 
 def recovery_interval(conf: Mapping[str, Any]) -> float | None:
@@ -152,19 +158,9 @@ def recovery_interval(conf: Mapping[str, Any]) -> float | None:
 
     ``None`` or ``0``: :func:`celery_saga.install` puts no ``celery_saga.recover`` in beat.
     """
-    if "saga_recovery_interval" not in conf:
-        return SagaConfig.recovery_interval
-    value = conf["saga_recovery_interval"]
-    if isinstance(value, timedelta):
-        value = value.total_seconds()
-    if value is None or value == 0:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise SagaConfigurationError(
-            f"saga_recovery_interval must be seconds (or a timedelta) between recovery "
-            f"sweeps, or None to schedule none, got {value!r}"
-        )
-    return float(value)
+    return _seconds_or_off(
+        conf, "saga_recovery_interval", SagaConfig.recovery_interval, "to schedule no sweep"
+    )
 
 
 def _redactor(value: Any) -> Redactor | None:

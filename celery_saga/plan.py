@@ -9,9 +9,10 @@ signature, callbacks on steps, the pickle serializer.
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import inspect
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,13 +77,14 @@ def _check_json(value: Any, what: str, step: str) -> None:
 
 def _check_storable(args: list[Any], kwargs: dict[str, Any], step: str, limit: int) -> None:
     """Refuse arguments the store cannot keep: they would fail every write, forever."""
-    problem = unstorable([args, kwargs])
+    encoded = json_dumps([args, kwargs])
+    problem = unstorable([args, kwargs], encoded)
     if problem is not None:
         raise SagaValidationError(
             f"the arguments of saga step {step!r} hold {problem}; the saga store cannot "
             f"keep that: strip or encode it (e.g. base64) before starting the saga"
         )
-    size = len(json_dumps([args, kwargs]))
+    size = len(encoded)
     if size > limit:
         raise SagaValidationError(
             f"the arguments of saga step {step!r} are {size} bytes of JSON, over the "
@@ -97,9 +99,8 @@ def _check_binding(task: Any, args: list[Any], kwargs: dict[str, Any], *, passed
     The worker would raise ``TypeError`` at every delivery. ``passed``: a ``.s()``
     after another step also gets that step's result first.
     """
-    try:
-        signature = inspect.signature(original_run(task))
-    except (TypeError, ValueError):  # no signature to check against (a builtin)
+    signature = _signature(original_run(task))
+    if signature is None:
         return
     given = [_PREVIOUS, *args] if passed else args
     try:
@@ -114,6 +115,15 @@ def _check_binding(task: Any, args: list[Any], kwargs: dict[str, Any], *, passed
 
 
 _PREVIOUS = object()  # stands for the previous step's result when binding
+
+
+@functools.lru_cache(maxsize=1024)
+def _signature(run: Callable[..., Any]) -> inspect.Signature | None:
+    """The signature of a task's function (None: it has none to check against)."""
+    try:
+        return inspect.signature(run)
+    except (TypeError, ValueError):
+        return None
 
 
 def _flatten(steps: Sequence[Any]) -> list[Signature[Any]]:

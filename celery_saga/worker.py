@@ -102,7 +102,7 @@ def _encode_result(result: Any, limit: int, step_name: str) -> EncodedJSON:
             f"saga step {step_name!r} returned a value that is not JSON-serialisable "
             f"({exc}); return plain data (dict, list, str, numbers) from saga steps"
         ) from exc
-    problem = unstorable(result)
+    problem = unstorable(result, encoded)
     if problem is not None:
         raise SagaValidationError(
             f"saga step {step_name!r} returned {problem}; the saga store cannot keep "
