@@ -127,4 +127,4 @@ def test_home_page_draws_a_saga(tmp_path: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     html = (tmp_path / "site" / "index.html").read_text()
-    assert '<pre class="mermaid"><code>flowchart LR' in html
+    assert '<pre class="mermaid"><code>flowchart TB' in html
