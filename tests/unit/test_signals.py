@@ -55,7 +55,10 @@ class Capture:
             with self._lock:
                 mine = [s for s in self.seen if s.event.saga_id == saga_id]
             if wait_for is None or any(s.signal == wait_for for s in mine):
-                return mine
+                # saga_started is sent by the producer after it published the first step:
+                # a worker thread can send step_started before it. Order across threads is
+                # not defined, so it is put first; each thread's own order is kept.
+                return sorted(mine, key=lambda s: s.signal != "saga_started")
             assert time.monotonic() < deadline, f"no {wait_for}: {[s.signal for s in mine]}"
             time.sleep(0.02)
 
