@@ -54,6 +54,7 @@ from .machine import (
     SendCompensations,
     SendNext,
     Stop,
+    Stopped,
     SuccessRecorded,
     decide,
 )
@@ -252,9 +253,7 @@ class _StepShell:
         if isinstance(move.transition, Stop):  # past the deadline: stop, do not start
             error = move.transition.error
             stopped = self.guard(lambda: self.store.cancel_saga(d.saga_id, error))
-            if not stopped:
-                move = Move(messages=(Drop("deadline"),))
-            return self.carry_out(move)
+            return self.carry_out(decide(d, Stopped(applied=stopped)))
         pending = self.task.request.get(HEADER, {}).get("p")
         if pending:  # the body ran; the store was down when its outcome was to be written
             return self.record_pending(pending)

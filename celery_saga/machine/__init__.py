@@ -39,6 +39,7 @@ from ._events import (
     Resume,
     RetryCompensation,
     Settle,
+    Stopped,
     SuccessRecorded,
     Sweep,
 )
@@ -124,6 +125,7 @@ __all__ = [
     "SendSteps",
     "Settle",
     "Stop",
+    "Stopped",
     "SuccessRecorded",
     "Sweep",
     "TakeOver",

@@ -25,6 +25,7 @@ __all__ = [
     "Resume",
     "RetryCompensation",
     "Settle",
+    "Stopped",
     "SuccessRecorded",
     "Sweep",
 ]
@@ -35,6 +36,13 @@ class Delivered:
     """A step message arrived (``now``: epoch seconds)."""
 
     now: float
+
+
+@dataclass(frozen=True)
+class Stopped:
+    """Stopping the saga (its deadline passed) was tried; ``applied``: it was running."""
+
+    applied: bool
 
 
 @dataclass(frozen=True)
@@ -171,6 +179,7 @@ class RetryCompensation:
 
 Event: TypeAlias = (
     Delivered
+    | Stopped
     | Claimed
     | AttemptFailed
     | AttemptReleased

@@ -25,6 +25,7 @@ from ._events import (
     Resume,
     RetryCompensation,
     Settle,
+    Stopped,
     SuccessRecorded,
     Sweep,
 )
@@ -69,8 +70,14 @@ def _deadline_error(seconds: float) -> dict[str, Any]:
 def _step_delivered(d: Delivery, e: Delivered) -> Move:
     if d.deadline is not None and e.now > d.deadline:
         error = _deadline_error(d.deadline - (d.started or d.deadline))
-        return Move(Stop(error), (Reconcile(), Drop("deadline")), "deadline", "deadline")
+        return Move(Stop(error), action="deadline", reason="deadline")
     return Move(Claim(), reason="claim the step")
+
+
+def _stopped(d: Delivery, e: Stopped) -> Move:
+    if e.applied:  # this delivery stopped it: settle what is left to undo
+        return Move(messages=(Reconcile(), Drop("deadline")), action="deadline")
+    return Move(messages=(Drop("deadline"),), reason="stopped already")
 
 
 def _step_claimed(d: Delivery, e: Claimed) -> Move:
@@ -329,6 +336,7 @@ Rule: TypeAlias = Callable[[Any, Any], Move]
 #: Rules for step messages, by event.
 STEP_RULES: Mapping[type, Rule] = {
     Delivered: _step_delivered,
+    Stopped: _stopped,
     Claimed: _step_claimed,
     AttemptFailed: _attempt_failed,
     AttemptReleased: _attempt_released,

@@ -45,14 +45,30 @@ EPOCH_NOW = NOW.timestamp()
 STEP_TABLE: list[tuple[str, m.Delivery, m.Event, Any, tuple[Any, ...], str]] = [
     ("delivered: claim it", delivery(), m.Delivered(EPOCH_NOW), m.Claim(), (), "none"),
     (
-        "delivered past the deadline: stop the saga, settle, skip",
+        "delivered past the deadline: stop the saga",
         delivery(deadline=EPOCH_NOW - 1, started=EPOCH_NOW - 11),
         m.Delivered(EPOCH_NOW),
         m.Stop(
             {"type": m.DEADLINE_EXCEEDED, "message": "its deadline of 10 s passed", "traceback": ""}
         ),
+        (),
+        "deadline",
+    ),
+    (
+        "stopped it: settle the saga, skip the step",
+        delivery(),
+        m.Stopped(applied=True),
+        None,
         (m.Reconcile(), m.Drop("deadline")),
         "deadline",
+    ),
+    (
+        "stopped already (cancelled, or another delivery): skip the step",
+        delivery(),
+        m.Stopped(applied=False),
+        None,
+        (m.Drop("deadline"),),
+        "none",
     ),
     ("claimed: run the body", delivery(), m.Claimed(m.Outcome.CLAIMED), None, (m.Run(),), "none"),
     (
