@@ -8,6 +8,7 @@ commits the transition and sends the messages; nothing here decides anything its
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,7 +34,7 @@ from .machine import (
     TakeOver,
     decide,
 )
-from .records import SagaRecord
+from .records import SagaRecord, StepRecord
 from .signals import SagaEvent
 from .store import SagaStore
 
@@ -42,13 +43,17 @@ __all__ = ["carry_out", "load", "settle", "state_of"]
 logger = get_task_logger("celery_saga.recovery")
 
 
-def state_of(store: SagaStore, saga: SagaRecord) -> SagaState:
-    """The machine's view of a stored saga (reads its steps)."""
+def state_of(
+    store: SagaStore, saga: SagaRecord, steps: Sequence[StepRecord] | None = None
+) -> SagaState:
+    """The machine's view of a stored saga (reads its steps unless given)."""
+    if steps is None:
+        steps = store.get_steps(saga.id, plan=saga.plan)
     return SagaState(
         saga_id=saga.id,
         name=saga.name,
         status=saga.status,
-        steps=tuple(store.get_steps(saga.id)),
+        steps=tuple(steps),
         created_at=saga.created_at,
         updated_at=saga.updated_at,
         deadline=saga.plan.get("deadline"),
@@ -59,8 +64,11 @@ def state_of(store: SagaStore, saga: SagaRecord) -> SagaState:
 
 def load(store: SagaStore, saga_id: str) -> tuple[SagaRecord, SagaState] | None:
     """The saga's row and the machine's view of it; None if the store does not know it."""
-    saga = store.get_saga(saga_id)
-    return None if saga is None else (saga, state_of(store, saga))
+    loaded = store.load_saga(saga_id)
+    if loaded is None:
+        return None
+    saga, steps = loaded
+    return saga, state_of(store, saga, steps)
 
 
 def _now() -> datetime:
@@ -115,15 +123,9 @@ def carry_out(app: Celery, saga: SagaRecord, move: Move, *, force: bool = False)
             settle(app, saga.id)
         elif isinstance(message, Ended):
             duration = (_now() - saga.created_at).total_seconds()
-            record = get_store(app).get_saga(saga.id) or saga
             signals.send_saga_end(
                 SagaEvent(
-                    record.id,
-                    record.name,
-                    record.status,
-                    duration,
-                    record.error,
-                    record.failed_step,
+                    saga.id, saga.name, message.status, duration, saga.error, saga.failed_step
                 )
             )
         else:

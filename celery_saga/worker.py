@@ -181,7 +181,6 @@ class _StepShell:
                 self.guard(lambda: _drive.settle(self.app, self.d.saga_id))
             elif isinstance(message, Ended):
                 status = message.status
-                assert status is not None
                 error = self.failure if status is SagaStatus.COMPENSATED else None
                 signals.send_saga_end(
                     SagaEvent(

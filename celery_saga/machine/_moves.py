@@ -175,13 +175,9 @@ class Drop:
 
 @dataclass(frozen=True)
 class Ended:
-    """The saga ended with this move: say so (signals, spans, metrics).
+    """The saga ended with this move, as ``status``: say so (signals, spans, metrics)."""
 
-    ``status`` is how it ended; ``None`` when the store's write decided it (ending the
-    compensations: ``FAILED`` if one gave up, else ``COMPENSATED``).
-    """
-
-    status: SagaStatus | None = None
+    status: SagaStatus
 
 
 Message: TypeAlias = (

@@ -292,7 +292,9 @@ def _what_next(s: SagaState, now: datetime, stall: float | None, force: bool = F
             return Move(
                 messages=(SendCompensations(undo),), action="compensate", reason=reason, steps=undo
             )
-        return Move(EndCompensation(), (Ended(),), "finish", "every compensation is done")
+        gave_up = any(st.status is StepStatus.COMPENSATION_FAILED for st in s.steps)
+        ended = Ended(SagaStatus.FAILED if gave_up else SagaStatus.COMPENSATED)
+        return Move(EndCompensation(), (ended,), "finish", "every compensation is done")
     return _nothing(f"the saga is {s.status}")
 
 

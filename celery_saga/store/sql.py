@@ -124,6 +124,16 @@ def _attempt_errors(
     return [*earlier, entry][-MAX_ATTEMPT_ERRORS:]
 
 
+def _in_plan_order(
+    saga_id: str, plan: Mapping[str, Any] | None, rows: Sequence[Row[Any]]
+) -> list[StepRecord]:
+    """Step rows as records in plan order, the steps with no row yet ``PENDING``."""
+    started = {row.idx: step_record(row) for row in rows}
+    if not plan:
+        return [started[index] for index in sorted(started)]
+    return [started.get(step["index"]) or pending_step(saga_id, step) for step in plan["steps"]]
+
+
 class ClaimOutcome(enum.Enum):
     """What a claim of a step (or of its compensation) found."""
 
@@ -841,16 +851,35 @@ class SagaStore:
         )
         return None if status is None else SagaStatus(status)
 
-    def get_steps(self, saga_id: str) -> list[StepRecord]:
-        """The saga's steps in plan order; steps not started yet are ``PENDING``."""
+    def get_steps(self, saga_id: str, plan: Mapping[str, Any] | None = None) -> list[StepRecord]:
+        """The saga's steps in plan order; steps not started yet are ``PENDING``.
+
+        ``plan``: the saga's stored plan, when the caller has read it already.
+        """
+        query = select(saga_steps).where(saga_steps.c.saga_id == saga_id)
 
         def read(connection: Connection) -> tuple[Any, Sequence[Row[Any]]]:
-            plan = connection.execute(select(sagas.c.plan).where(sagas.c.id == saga_id)).scalar()
-            query = select(saga_steps).where(saga_steps.c.saga_id == saga_id)
-            return plan, connection.execute(query).all()
+            stored = plan
+            if stored is None:
+                stored = connection.execute(
+                    select(sagas.c.plan).where(sagas.c.id == saga_id)
+                ).scalar()
+            return stored, connection.execute(query).all()
 
-        plan, rows = self._read("read the steps", read)
-        started = {row.idx: step_record(row) for row in rows}
-        if not plan:
-            return [started[index] for index in sorted(started)]
-        return [started.get(step["index"]) or pending_step(saga_id, step) for step in plan["steps"]]
+        stored, rows = self._read("read the steps", read)
+        return _in_plan_order(saga_id, stored, rows)
+
+    def load_saga(self, saga_id: str) -> tuple[SagaRecord, list[StepRecord]] | None:
+        """The saga's row and its steps in plan order, read together; None if unknown."""
+        saga_query = select(sagas).where(sagas.c.id == saga_id)
+        steps_query = select(saga_steps).where(saga_steps.c.saga_id == saga_id)
+
+        def read(connection: Connection) -> tuple[Row[Any] | None, Sequence[Row[Any]]]:
+            row = connection.execute(saga_query).first()
+            return row, ([] if row is None else connection.execute(steps_query).all())
+
+        row, rows = self._read("read the saga", read)
+        if row is None:
+            return None
+        saga = saga_record(row)
+        return saga, _in_plan_order(saga_id, saga.plan, rows)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event
 
+from celery_saga import SagaCompensated
 from celery_saga._runtime import get_store
 from tests.support.envs import SagaEnv, thread_env
 
@@ -22,8 +24,11 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SagaEnv]:
         yield env
 
 
-def count_writes(env: SagaEnv, steps: int) -> list[str]:
-    """Run a happy-path saga of ``steps`` steps; return the write statements it made."""
+def count_writes(env: SagaEnv, steps: int, *, failing: bool = False) -> list[str]:
+    """Run a saga of ``steps`` steps; return the write statements it made.
+
+    ``failing``: every step has a compensation and the last one fails.
+    """
     store = get_store(env.app)
     store.ensure_schema()
     writes: list[str] = []
@@ -36,8 +41,14 @@ def count_writes(env: SagaEnv, steps: int) -> list[str]:
     for engine in store.engines:
         event.listen(engine, "before_cursor_execute", count)
     try:
-        chain = [env.sig("note", tag=f"s{i}") for i in range(steps)]
-        env.saga(*chain).apply_async().get(timeout=20)
+        if failing:
+            chain = [env.sig("act", tag=f"s{i}", fail=i == steps - 1) for i in range(steps)]
+            result = env.saga(*chain).apply_async()
+            with contextlib.suppress(SagaCompensated):
+                result.get(timeout=20)
+        else:
+            chain = [env.sig("note", tag=f"s{i}") for i in range(steps)]
+            env.saga(*chain).apply_async().get(timeout=20)
     finally:
         for engine in store.engines:
             event.remove(engine, "before_cursor_execute", count)
@@ -53,3 +64,15 @@ def test_writes_per_step(env: SagaEnv, steps: int) -> None:
     assert writes.count("UPDATE celery_saga_steps") == steps  # the results
     assert writes.count("UPDATE celery_sagas") == 1  # completed
     assert len(writes) == 2 * steps + 2
+
+
+def test_writes_on_the_failure_path(env: SagaEnv) -> None:
+    """Step 3 of 3 failing: claims and records as usual, the failure with the saga's move,
+    a claim and a record per compensation, and the saga's end: 13 writes."""
+    writes = count_writes(env, 3, failing=True)
+    assert writes[0] == "INSERT celery_sagas"
+    assert writes.count("INSERT celery_saga_steps") == 3  # the claims
+    # 2 results, 1 failure, 2 compensations claimed and 2 recorded
+    assert writes.count("UPDATE celery_saga_steps") == 7
+    assert writes.count("UPDATE celery_sagas") == 2  # compensating, then compensated
+    assert len(writes) == 13
