@@ -34,7 +34,19 @@ def noop(*args: Any) -> int:
 
 @app.task
 def undo(result: Any, *args: Any) -> None:
-    """The compensation of the saga step (never runs in the benchmark)."""
+    """The compensation of the saga step (runs on the failure path only)."""
+
+
+@app.task
+def boom(*args: Any) -> int:
+    """A plain Celery task that fails (the failure path's last task)."""
+    raise RuntimeError("boom")
+
+
+@app.task
+def undo_plain() -> int:
+    """A plain compensation, sent by a hand-written ``link_error`` chain."""
+    return 1
 
 
 @saga_step(compensate=undo)
@@ -42,3 +54,10 @@ def undo(result: Any, *args: Any) -> None:
 def step(*args: Any) -> int:
     """The same no-op, as a saga step."""
     return 1
+
+
+@saga_step(compensate=undo)
+@app.task
+def failing(*args: Any) -> int:
+    """A saga step that fails: the steps before it are compensated."""
+    raise RuntimeError("boom")

@@ -100,13 +100,19 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=2000, help="items of each kind")
     parser.add_argument("--rounds", type=int, default=10, help="alternating rounds")
     parser.add_argument("--latency", type=int, default=200, help="sequential items of each")
+    parser.add_argument(
+        "--failure",
+        action="store_true",
+        help="the failure path: the 3rd step fails, the 2 before are compensated (the "
+        "plain chain's 3rd task fails and a hand-written link_error chain of 2 tasks runs)",
+    )
     options = parser.parse_args()
 
     fresh_database()
     os.environ["BENCH_STORE"] = STORE_URL
     sys.path.insert(0, str(HERE))
-    from bench_app import app, noop, step
-    from celery import chain
+    from bench_app import app, boom, failing, noop, step, undo_plain
+    from celery import chain, uuid
 
     from celery_saga import saga
     from celery_saga._runtime import get_store
@@ -120,10 +126,19 @@ def main() -> None:
     redis = backend.client
 
     def start_chain() -> str:
-        return str(chain(noop.s(0), noop.s(), noop.s()).apply_async().id)
+        if not options.failure:
+            return str(chain(noop.s(0), noop.s(), noop.s()).apply_async().id)
+        last = undo_plain.si().set(task_id=uuid())  # its result says the undoing is over
+        plain = chain(noop.s(0), noop.s(), boom.s())
+        plain.link_error(chain(undo_plain.si(), last))
+        plain.apply_async()
+        return str(last.id)
+
+    outcome = "COMPENSATED" if options.failure else "COMPLETED"
+    last_step = failing if options.failure else step
 
     def start_saga() -> str:
-        return saga(step.s(0), step.s(), step.s(), name="bench").apply_async().id
+        return saga(step.s(0), step.s(), last_step.s(), name="bench").apply_async().id
 
     def chains_done(ids: list[str]) -> Callable[[], bool]:
         pending = {backend.get_key_for_task(task_id) for task_id in ids}
@@ -145,7 +160,7 @@ def main() -> None:
 
         def done() -> bool:
             query = select(sagas.c.id).where(
-                sagas.c.id.in_(list(pending)), sagas.c.status == "COMPLETED"
+                sagas.c.id.in_(list(pending)), sagas.c.status == outcome
             )
             with store.engine.connect() as connection:
                 pending.difference_update(connection.execute(query).scalars())
@@ -201,8 +216,9 @@ def main() -> None:
     plain_rate = total / plain_time
     saga_rate = total / saga_time
     print()
-    print(f"{total} of each kind, 3 no-op steps each; one worker, prefork x2; Redis broker; "
-          f"saga store PostgreSQL; plain chains' results in the Redis result backend")  # fmt: skip
+    path = "the 3rd failing, 2 compensations" if options.failure else "all succeeding"
+    print(f"{total} of each kind, 3 no-op steps each ({path}); one worker, prefork x2; "
+          f"Redis broker; saga store PostgreSQL; plain results in Redis")  # fmt: skip
     print(f"{'':14}{'per s':>10}{'p50 ms':>10}{'p95 ms':>10}")
     for label, rate, lat in (("plain chain", plain_rate, plain_lat), ("saga", saga_rate, saga_lat)):
         print(f"{label:14}{rate:>10.1f}{statistics.median(lat) * 1000:>10.1f}"
