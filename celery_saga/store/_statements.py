@@ -27,8 +27,12 @@ from ..status import SagaStatus, StepStatus
 from .schema import saga_steps, sagas
 
 __all__ = [
+    "CLAIM_COMPENSATION",
+    "CLAIM_COMPENSATION_RETURNING",
     "CLAIM_STEP",
     "CLAIM_STEP_RETURNING",
+    "COMPENSATION_DONE",
+    "COMPENSATION_STATE",
     "COMPLETE_LAST_STEP_PG",
     "COMPLETE_SAGA",
     "COMPLETE_STEP",
@@ -37,6 +41,7 @@ __all__ = [
     "INSERT_SAGA",
     "RELEASE_STEP",
     "SAGA_STATUS",
+    "TO_UNDO",
     "claim_by_insert",
 ]
 
@@ -124,6 +129,57 @@ COMPLETE_SAGA = (
     )
 )
 SAGA_STATUS = select(sagas.c.status).where(sagas.c.id == bindparam("p_saga"))
+
+#: Step statuses whose compensation is still to run.
+TO_UNDO = (StepStatus.SUCCEEDED, StepStatus.TIMED_OUT, StepStatus.IN_DOUBT)
+#: Claim a compensation: a step to undo (or one whose compensation's owner lost its
+#: lease) of a saga that is compensating.
+CLAIM_COMPENSATION = (
+    update(saga_steps)
+    .where(
+        _c.saga_id == bindparam("p_saga"),
+        _c.idx == bindparam("p_index"),
+        or_(
+            _c.status.in_(TO_UNDO),
+            and_(_c.status == StepStatus.COMPENSATING, _c.lease_expires_at < bindparam("p_now")),
+        ),
+        exists().where(
+            sagas.c.id == bindparam("p_saga"), sagas.c.status == SagaStatus.COMPENSATING
+        ),
+    )
+    .values(
+        status=StepStatus.COMPENSATING,
+        compensation_attempts=_c.compensation_attempts + 1,
+        claim=bindparam("p_token"),
+        lease_expires_at=bindparam("p_lease"),
+        compensation_started_at=func.coalesce(_c.compensation_started_at, bindparam("p_now")),
+    )
+)
+CLAIM_COMPENSATION_RETURNING = CLAIM_COMPENSATION.returning(*saga_steps.c)
+#: The step and its saga's status, to say why a compensation was not claimed.
+COMPENSATION_STATE = (
+    select(saga_steps, sagas.c.status.label("saga_status"))
+    .select_from(
+        sagas.outerjoin(saga_steps, and_(_c.saga_id == sagas.c.id, _c.idx == bindparam("p_index")))
+    )
+    .where(sagas.c.id == bindparam("p_saga"))
+)
+#: A compensation that returned.
+COMPENSATION_DONE = (
+    update(saga_steps)
+    .where(
+        _c.saga_id == bindparam("p_saga"),
+        _c.idx == bindparam("p_index"),
+        _c.claim == bindparam("p_token"),
+        _c.status == StepStatus.COMPENSATING,
+    )
+    .values(
+        status=StepStatus.COMPENSATED,
+        compensation_error=None,
+        compensation_finished_at=bindparam("p_now"),
+        lease_expires_at=None,
+    )
+)
 
 
 def _complete_last_step_in_one_statement() -> Select[tuple[int, int]]:

@@ -55,8 +55,12 @@ from ..status import SagaStatus, StepStatus
 from . import migrations
 from ._rows import pending_step, saga_record, step_record, utcnow
 from ._statements import (
+    CLAIM_COMPENSATION,
+    CLAIM_COMPENSATION_RETURNING,
     CLAIM_STEP,
     CLAIM_STEP_RETURNING,
+    COMPENSATION_DONE,
+    COMPENSATION_STATE,
     COMPLETE_LAST_STEP_PG,
     COMPLETE_SAGA,
     COMPLETE_STEP,
@@ -83,9 +87,6 @@ __all__ = [
 
 T = TypeVar("T")
 
-
-#: Step statuses whose compensation is still to run.
-_TO_UNDO = (StepStatus.SUCCEEDED, StepStatus.TIMED_OUT, StepStatus.IN_DOUBT)
 
 #: The most entries ``attempt_errors`` keeps on a step (the newest).
 MAX_ATTEMPT_ERRORS = 50
@@ -493,43 +494,40 @@ class SagaStore:
         a saga whose failure was never recorded (a lost worker) finds it ``RUNNING``.
         """
         now = utcnow()
-        c = saga_steps.c
-        compensating = exists().where(
-            sagas.c.id == saga_id, sagas.c.status == SagaStatus.COMPENSATING
-        )
+        params = {
+            "p_saga": saga_id,
+            "p_index": index,
+            "p_token": token,
+            "p_now": now,
+            "p_lease": now + timedelta(seconds=lease),
+        }
+        if self._autocommit is not None and self.engine.dialect.update_returning:
+            # One round trip: the claim returns the step's row when it took.
+            with self._write_one("claim the compensation") as connection:
+                taken = connection.execute(CLAIM_COMPENSATION_RETURNING, params).first()
+            if taken is not None:
+                step = step_record(taken)
+                attempt = step.compensation_attempts
+                return Claim(ClaimOutcome.CLAIMED, token=token, attempt=attempt, step=step)
+            row = self._read(
+                "read the compensation",
+                lambda connection: connection.execute(COMPENSATION_STATE, params).first(),
+            )
+            return self._why_compensation(row, claimed=False, token=token)
         with self._write("claim the compensation") as connection:
-            claimed = connection.execute(
-                update(saga_steps)
-                .where(
-                    c.saga_id == saga_id,
-                    c.idx == index,
-                    or_(
-                        c.status.in_(_TO_UNDO),
-                        and_(c.status == StepStatus.COMPENSATING, c.lease_expires_at < now),
-                    ),
-                    compensating,
-                )
-                .values(
-                    status=StepStatus.COMPENSATING,
-                    compensation_attempts=c.compensation_attempts + 1,
-                    claim=token,
-                    lease_expires_at=now + timedelta(seconds=lease),
-                    compensation_started_at=func.coalesce(c.compensation_started_at, now),
-                )
-            ).rowcount
-            row = connection.execute(
-                select(saga_steps, sagas.c.status.label("saga_status"))
-                .select_from(
-                    sagas.outerjoin(saga_steps, and_(c.saga_id == sagas.c.id, c.idx == index))
-                )
-                .where(sagas.c.id == saga_id)
-            ).first()
+            claimed = connection.execute(CLAIM_COMPENSATION, params).rowcount == 1
+            row = connection.execute(COMPENSATION_STATE, params).first()
+        return self._why_compensation(row, claimed=claimed, token=token)
+
+    @staticmethod
+    def _why_compensation(row: Row[Any] | None, *, claimed: bool, token: str) -> Claim:
+        """The claim's outcome, from the step's row and its saga's status."""
         if row is None:
             return Claim(ClaimOutcome.MISSING)
         if row.status is None:  # the step never started: nothing to undo
             return Claim(ClaimOutcome.STOPPED)
         step = step_record(row)
-        if claimed == 1:
+        if claimed:
             return Claim(
                 ClaimOutcome.CLAIMED,
                 token=token,
@@ -611,14 +609,11 @@ class SagaStore:
         now = utcnow()
         c = saga_steps.c
         values: dict[str, Any]
-        if error is None:
-            values = {
-                "status": StepStatus.COMPENSATED,
-                "compensation_error": None,
-                "compensation_finished_at": now,
-                "lease_expires_at": None,
-            }
-        elif gave_up:
+        if error is None:  # one statement: in autocommit where the server allows
+            params = {"p_saga": saga_id, "p_index": index, "p_token": token, "p_now": now}
+            with self._write_one("record the compensation") as connection:
+                return connection.execute(COMPENSATION_DONE, params).rowcount == 1
+        if gave_up:
             values = {
                 "status": StepStatus.COMPENSATION_FAILED,
                 "compensation_error": dict(error),
@@ -628,10 +623,9 @@ class SagaStore:
         else:  # keep it COMPENSATING with a lapsed lease, so the retry can claim it
             values = {"compensation_error": dict(error), "lease_expires_at": now}
         with self._write("record the compensation") as connection:
-            if error is not None:
-                values["attempt_errors"] = _attempt_errors(
-                    connection, saga_id, index, token, "compensation", error, now
-                )
+            values["attempt_errors"] = _attempt_errors(
+                connection, saga_id, index, token, "compensation", error, now
+            )
             return (
                 connection.execute(
                     update(saga_steps)
