@@ -102,8 +102,18 @@ def _commit(app: Celery, saga: SagaRecord, move: Move, force: bool) -> bool:
     raise TypeError(f"not a transition of a whole saga: {transition!r}")
 
 
-def carry_out(app: Celery, saga: SagaRecord, move: Move, *, force: bool = False) -> bool:
-    """Commit ``move``'s transition, then send its messages. False: the saga moved on."""
+def carry_out(
+    app: Celery,
+    saga: SagaRecord,
+    move: Move,
+    *,
+    steps: Sequence[StepRecord] | None = None,
+    force: bool = False,
+) -> bool:
+    """Commit ``move``'s transition, then send its messages. False: the saga moved on.
+
+    ``steps``: the saga's steps the move was decided from (else read when needed).
+    """
     if not _commit(app, saga, move, force):
         return False
     for message in move.messages:
@@ -111,7 +121,9 @@ def carry_out(app: Celery, saga: SagaRecord, move: Move, *, force: bool = False)
             start = message.start
             previous: tuple[Any, ...] = ()
             if start > 0:
-                previous = (get_store(app).get_steps(saga.id)[start - 1].result,)
+                if steps is None:
+                    steps = get_store(app).get_steps(saga.id, plan=saga.plan)
+                previous = (steps[start - 1].result,)
             publish(
                 app, saga.id, saga.plan, start=start, created=saga.created_at, previous=previous
             )
@@ -140,5 +152,5 @@ def settle(app: Celery, saga_id: str) -> Move | None:
         return None
     saga, state = loaded
     move = decide(state, Settle(_now()))
-    carry_out(app, saga, move)
+    carry_out(app, saga, move, steps=state.steps)
     return move

@@ -38,7 +38,7 @@ from .machine import (
     Move,
     Outcome,
     Reconcile,
-    RetryLater,
+    RecordCompensation,
     Run,
     decide,
 )
@@ -59,7 +59,6 @@ def _compensate(
     config = get_config(app)
     store = get_store(app)
     d = compensation_delivery(saga_id, index, name, last)
-    log = logger
 
     def guard(write: Callable[[], Any]) -> Any:
         try:
@@ -73,7 +72,7 @@ def _compensate(
                 guard(lambda: _drive.settle(app, saga_id))
             elif isinstance(message, Drop):
                 if message.reason == "missing":
-                    log.error(
+                    logger.error(
                         "saga %s: compensation of step %d not run: the saga store %s "
                         "does not know this saga",
                         saga_id,
@@ -81,7 +80,7 @@ def _compensate(
                         store.safe_url,
                     )
                 else:
-                    getattr(log, message.level)(
+                    getattr(logger, message.level)(
                         "saga %s: compensation of step %d not run: %s",
                         saga_id,
                         index,
@@ -151,7 +150,8 @@ def _compensate(
             final=isinstance(exc, SagaConfigurationError),
         )
         move = decide(d, failure, compensation=True)
-        gave_up = not any(isinstance(m, RetryLater) for m in move.messages)
+        assert isinstance(move.transition, RecordCompensation)
+        gave_up = move.transition.gave_up
         guard(
             lambda: store.finish_compensation(saga_id, index, token, error=error, gave_up=gave_up)
         )
@@ -164,7 +164,7 @@ def _compensate(
             ),
         )
         if not gave_up:
-            log.warning(
+            logger.warning(
                 "saga %s: compensation of step %d failed (%s); retry in %.1f s",
                 saga_id,
                 index,
@@ -173,14 +173,14 @@ def _compensate(
             )
             retry_later(self, exc, delay, max_retries=config.compensation_max_retries)
         message = _observe.redact(app, sender, "error", error["message"])
-        log.error(
+        logger.error(
             "saga %s: compensation of step %d gave up: %s: %s",
             saga_id,
             index,
             error["type"],
             message,
         )
-        carry_out(Move(messages=tuple(m for m in move.messages if isinstance(m, Reconcile))))
+        carry_out(move)  # the last of its chain settles the saga
         return
     inject("done", context, names)
     move = decide(d, CompensationSucceeded(), compensation=True)

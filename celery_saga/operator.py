@@ -44,7 +44,7 @@ def cancel(app: Celery, saga_id: str, reason: str, kind: str = CANCELLED) -> boo
     saga, state = _loaded(app, saga_id)
     error: dict[str, Any] = {"type": kind, "message": str(reason), "traceback": ""}
     move = decide(state, Cancel(error))
-    return move.accepted and carry_out(app, saga, move)
+    return move.accepted and carry_out(app, saga, move, steps=state.steps)
 
 
 def resume(app: Celery, saga_id: str, *, force: bool = False) -> Recovery:
@@ -59,7 +59,7 @@ def resume(app: Celery, saga_id: str, *, force: bool = False) -> Recovery:
     saga, state = _loaded(app, saga_id)
     move = decide(state, Resume(datetime.now(UTC), force=force))
     if move.action != "none":
-        carry_out(app, saga, move, force=force)
+        carry_out(app, saga, move, steps=state.steps, force=force)
     return as_recovery(saga_id, move)
 
 
@@ -67,6 +67,6 @@ def retry_compensation(app: Celery, saga_id: str) -> list[int]:
     """Send the compensations that gave up again; the step indices (none: not ``FAILED``)."""
     saga, state = _loaded(app, saga_id)
     move = decide(state, RetryCompensation())
-    if not move.accepted or not carry_out(app, saga, move):
+    if not move.accepted or not carry_out(app, saga, move, steps=state.steps):
         return []
     return list(move.steps)

@@ -75,9 +75,13 @@ def _check_json(value: Any, what: str, step: str) -> None:
         )
 
 
-def _check_storable(args: list[Any], kwargs: dict[str, Any], step: str, limit: int) -> None:
-    """Refuse arguments the store cannot keep: they would fail every write, forever."""
-    encoded = json_dumps([args, kwargs])
+def _check_storable(
+    args: list[Any], kwargs: dict[str, Any], encoded: str, step: str, limit: int
+) -> None:
+    """Refuse arguments the store cannot keep: they would fail every write, forever.
+
+    ``encoded``: ``[args, kwargs]`` as JSON.
+    """
     problem = unstorable([args, kwargs], encoded)
     if problem is not None:
         raise SagaValidationError(
@@ -215,13 +219,17 @@ def build_plan(
             )
         args = list(sig.args)
         kwargs = dict(sig.kwargs)
-        if json_problem([args, kwargs, options]) is not None:  # find which one, to say so
+        try:  # encoded once: the checks below measure and look through this JSON
+            encoded = json_dumps([args, kwargs])
+            json_dumps(options)
+        except (TypeError, ValueError):  # find which one, to say so
             for position, value in enumerate(args):
                 _check_json(value, f"argument {position + 1}", task_name)
             for key, value in kwargs.items():
                 _check_json(value, f"keyword argument {key!r}", task_name)
             _check_json(options, "the options", task_name)
-        _check_storable(args, kwargs, task_name, limit)
+            raise
+        _check_storable(args, kwargs, encoded, task_name, limit)
         _check_binding(app.tasks[task_name], args, kwargs, passed=index > 0 and not sig.immutable)
         step = {
             "index": index,

@@ -123,7 +123,8 @@ def recover(
     done: list[Recovery] = []
     for saga in candidates:
         try:
-            move = decide(state_of(store, saga), Sweep(now, stall))
+            state = state_of(store, saga)
+            move = decide(state, Sweep(now, stall))
             report = as_recovery(saga.id, move)
             if move.action != "none" and not dry_run:
                 logger.warning(
@@ -133,7 +134,7 @@ def recover(
                     list(move.steps),
                     move.reason,
                 )
-                carry_out(app, saga, move)
+                carry_out(app, saga, move, steps=state.steps)
         except Exception as exc:
             logger.exception("saga %s: recovery failed; the sweep goes on", saga.id)
             error = f"{type(exc).__name__}: {exc}"

@@ -65,13 +65,6 @@ from .store import EncodedJSON
 __all__ = ["check_store", "run_step"]
 
 logger = get_task_logger("celery_saga.execution")
-compensation_logger = get_task_logger("celery_saga.compensation")
-
-_MAX_STORE_RETRY_DELAY = 30.0
-_MAX_COMPENSATION_DELAY = 60.0
-
-
-# -- the store being down --------------------------------------------------------------
 
 
 def check_store(app: Celery) -> bool:
@@ -127,6 +120,11 @@ def _due(exc: Exception) -> float | None:
     if isinstance(when, int | float) and not isinstance(when, bool):
         return float(when)
     return None
+
+
+def _due_at(delay: float | None) -> datetime | None:
+    """When a retry ``delay`` seconds from now is due (None: not known)."""
+    return None if delay is None else datetime.now(UTC) + timedelta(seconds=delay)
 
 
 def _seconds_since(epoch: float | None) -> float | None:
@@ -321,8 +319,7 @@ class _StepShell:
 
     def release(self, token: str, error: Mapping[str, Any] | None, move: Move) -> None:
         assert isinstance(move.transition, Release)
-        delay = move.transition.delay
-        due = None if delay is None else datetime.now(UTC) + timedelta(seconds=delay)
+        due = _due_at(move.transition.delay)
         self.store.release_step(self.d.saga_id, self.d.index, token, error, due)
 
     def failed(self, exc: Exception, token: str) -> None:
@@ -331,22 +328,17 @@ class _StepShell:
         error = describe_error(exc)
         policy = self.definition.retry
         timed_out = isinstance(exc, SoftTimeLimitExceeded)
+        if policy is not None:  # the policy's verdict is kept with the error
+            error["retryable"] = policy.retryable(exc)
+            error["attempt"] = self.attempt
         failure = AttemptFailed(
             attempt=self.attempt,
+            retryable=policy is not None and error["retryable"],
+            attempts=0 if policy is None else policy.attempts,
+            delay=0.0 if policy is None else policy.delay(self.attempt),
             timed_out=timed_out,
             undo_on_timeout=self.definition.compensate_on_timeout,
         )
-        if policy is not None:
-            error["retryable"] = policy.retryable(exc)
-            error["attempt"] = self.attempt
-            failure = AttemptFailed(
-                attempt=self.attempt,
-                retryable=error["retryable"],
-                attempts=policy.attempts,
-                delay=policy.delay(self.attempt),
-                timed_out=timed_out,
-                undo_on_timeout=self.definition.compensate_on_timeout,
-            )
         move = decide(d, failure)
         if isinstance(move.transition, Release):
             self.guard(
@@ -435,7 +427,7 @@ class _StepShell:
             return self.succeeded(token, json_loads(encoded), encoded)
         if "release" in pending:
             delay = pending.get("delay")
-            due = None if delay is None else datetime.now(UTC) + timedelta(seconds=delay)
+            due = _due_at(delay)
             self.guard(
                 lambda: self.store.release_step(
                     self.d.saga_id, self.d.index, token, pending["release"], due
