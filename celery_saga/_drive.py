@@ -17,7 +17,7 @@ from celery.utils.log import get_task_logger
 
 from . import signals
 from ._runtime import get_store
-from .dispatch import compensation_chain, publish
+from .dispatch import compensation_chain, publish, revoke
 from .machine import (
     IN_DOUBT,
     EndCompensation,
@@ -26,12 +26,14 @@ from .machine import (
     Move,
     Reconcile,
     Reopen,
+    Revoke,
     SagaState,
     SendCompensations,
     SendSteps,
     Settle,
     Stop,
     TakeOver,
+    Topology,
     decide,
 )
 from .records import SagaRecord, StepRecord
@@ -59,6 +61,7 @@ def state_of(
         deadline=saga.plan.get("deadline"),
         error=saga.error,
         failed_step=saga.failed_step,
+        topology=Topology.of(saga.plan),
     )
 
 
@@ -119,14 +122,19 @@ def carry_out(
     for message in move.messages:
         if isinstance(message, SendSteps):
             start = message.start
+            feeds = Topology.of(saga.plan).feeds(start)
             previous: tuple[Any, ...] = ()
-            if start > 0:
+            if feeds is not None:
                 if steps is None:
                     steps = get_store(app).get_steps(saga.id, plan=saga.plan)
-                previous = (steps[start - 1].result,)
+                results = {step.index: step.result for step in steps}
+                fed = [results[i] for i in feeds] if isinstance(feeds, tuple) else results[feeds]
+                previous = (fed,)
             publish(
                 app, saga.id, saga.plan, start=start, created=saga.created_at, previous=previous
             )
+        elif isinstance(message, Revoke):
+            revoke(app, saga.id, message.indices)
         elif isinstance(message, SendCompensations):
             chain = compensation_chain(app, saga.id, saga.plan, message.indices)
             if chain is not None:

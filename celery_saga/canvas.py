@@ -16,7 +16,7 @@ from celery.app import app_or_default
 
 from . import _observe, signals
 from ._runtime import get_store
-from .dispatch import COMPENSATE_TASK, publish
+from .dispatch import COMPENSATE_TASK, publish_stage
 from .errors import SagaConfigurationError, SagaConflictError, SagaValidationError
 from .plan import SagaPlan, build_plan
 from .result import SagaResult
@@ -40,11 +40,13 @@ class Saga:
         name: str,
         app: Celery | None = None,
         deadline: float | None = None,
+        fail_fast: bool = False,
     ) -> None:
         self.steps = tuple(steps)
         self.name = name
         self._app = app
         self.deadline = deadline
+        self.fail_fast = fail_fast
 
     @property
     def app(self) -> Celery:
@@ -59,7 +61,7 @@ class Saga:
 
     def plan(self) -> SagaPlan:
         """Check the steps and return the plan that :meth:`apply_async` would store."""
-        return build_plan(self.app, self.steps, self.name, self.deadline)
+        return build_plan(self.app, self.steps, self.name, self.deadline, self.fail_fast)
 
     def apply_async(self, saga_id: str | None = None) -> SagaResult:
         """Store the saga and send its first step.
@@ -113,7 +115,7 @@ class Saga:
             return SagaResult(saga_id, app=app)
         try:
             with _observe.publishing(app, saga_id, plan.name):
-                publish(app, saga_id, stored, created=now)
+                publish_stage(app, saga_id, stored, 0, created=now)
         except BaseException:
             store.delete_saga(saga_id)  # nothing half-stored: the saga was never sent
             raise
@@ -124,19 +126,29 @@ class Saga:
 
 
 def saga(
-    *steps: Any, name: str = "saga", app: Celery | None = None, deadline: float | None = None
+    *steps: Any,
+    name: str = "saga",
+    app: Celery | None = None,
+    deadline: float | None = None,
+    fail_fast: bool = False,
 ) -> Saga:
     """Describe a saga: steps run in order; on a step's failure the ones before are undone.
 
     Args:
         steps: Celery signatures of ``@saga_step`` tasks (``task.s(...)`` passes the
             previous step's result as first argument, ``task.si(...)`` does not);
-            a ``chain`` of them is taken step by step.
+            a ``chain`` of them is taken step by step; a ``group(...)`` runs its
+            members (steps, or chains of steps) at the same time, and the stage after
+            it gets the list of their results, in member order.
         name: the saga's name, shown in the store, the CLI and traces.
         app: the Celery app (default: the steps' app).
         deadline: seconds from the start after which no new step starts: the saga is
             then compensated (a step running at that moment finishes first).
+        fail_fast: when a group member fails for good, revoke its siblings still
+            running (best effort) instead of letting them finish; either way every
+            member that succeeded is compensated.
 
     .. versionadded:: 0.1
+    .. versionchanged:: 0.2 ``group(...)`` stages and ``fail_fast``.
     """
-    return Saga(steps, name=name, app=app, deadline=deadline)
+    return Saga(steps, name=name, app=app, deadline=deadline, fail_fast=fail_fast)

@@ -153,7 +153,9 @@ def _compensate(
         assert isinstance(move.transition, RecordCompensation)
         gave_up = move.transition.gave_up
         guard(
-            lambda: store.finish_compensation(saga_id, index, token, error=error, gave_up=gave_up)
+            lambda: store.finish_compensation(
+                saga_id, index, token, error=error, gave_up=gave_up, retry_in=delay
+            )
         )
         signals.compensation_failed.send(
             sender=sender,

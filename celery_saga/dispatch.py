@@ -23,7 +23,7 @@ from celery.utils.saferepr import saferepr
 from . import _observe
 from .config import get_config
 from .errors import SagaStoreError
-from .machine import Delivery
+from .machine import Delivery, Topology
 
 __all__ = [
     "COMPENSATE_TASK",
@@ -33,9 +33,11 @@ __all__ = [
     "compensation_delivery",
     "compensation_task_id",
     "publish",
+    "publish_stage",
     "republish",
     "resend_later",
     "retry_later",
+    "revoke",
     "send_next",
     "step_delivery",
     "step_signatures",
@@ -76,6 +78,11 @@ def step_delivery(header: Mapping[str, Any]) -> Delivery:
         undo=tuple(undo),
         deadline=header.get("d"),
         started=header.get("t"),
+        stage=header.get("s", index),
+        grouped=bool(header.get("g")),
+        member=bool(header.get("m")),
+        ends=tuple(header.get("j") or ()),
+        final=bool(header.get("l")),
     )
 
 
@@ -148,22 +155,30 @@ def step_signatures(
     created: datetime | None = None,
     previous: Sequence[Any] = (),
 ) -> list[Signature[Any]]:
-    """The messages of a stored plan's steps from ``start`` on, each with its errbacks.
+    """The messages of the steps that travel as one chain from ``start``, with errbacks.
 
-    ``created`` (naive UTC, when the saga was stored) lets workers report durations.
-    ``previous`` is ``(result,)`` of the step before ``start``: what a mutable first
-    step gets as its first argument, as Celery's chain would have passed it.
+    In a saga without groups that is every step from ``start`` on; in a group, the rest
+    of ``start``'s branch; else the steps up to the next group
+    (:meth:`~celery_saga.machine.Topology.run_from`). ``created`` (naive UTC, when the
+    saga was stored) lets workers report durations. ``previous`` is what a mutable
+    first step gets as its first argument, ``(result,)``, as Celery's chain would have
+    passed it.
+
+    In a saga with groups no step carries errbacks: a failure settles the saga from
+    the store, which waits for the members still running before it undoes anything.
     """
     started = None if created is None else created.replace(tzinfo=UTC).timestamp()
     steps: list[Mapping[str, Any]] = plan["steps"]
+    topology = Topology.of(plan)
+    grouped = topology.grouped
     count = len(steps)
     routes: dict[str, dict[str, Any]] = {}
     signatures: list[Signature[Any]] = []
     redacting = get_config(app).redact is not None
     deadline = started + plan["deadline"] if started and plan.get("deadline") else None
-    for step in steps[start:]:
-        index = step["index"]
-        undo = undo_list(steps, index)
+    for index in topology.run_from(start):
+        step = steps[index]
+        undo = [] if grouped else undo_list(steps, index)
         errback = compensation_chain(app, saga_id, plan, undo, routes)
         options = dict(step["options"])
         options["task_id"] = step_task_id(saga_id, index)
@@ -181,6 +196,13 @@ def step_signatures(
         }
         if deadline is not None:
             header["d"] = deadline
+        if grouped:
+            header["g"] = 1
+            if topology.stage_of(index).group:
+                header["m"] = 1
+            if topology.joins(index):  # the join waits for these: the stage's branch ends
+                header["j"] = list(topology.stage_of(index).ends)
+                header["l"] = topology.is_final(index)
         options["headers"] = {**(options.get("headers") or {}), HEADER: header}
         if errback is not None:
             options["link_error"] = [errback]
@@ -226,7 +248,7 @@ def publish(
     created: datetime | None = None,
     previous: Sequence[Any] = (),
 ) -> None:
-    """Send a stored plan's steps from ``start`` on, as one Celery chain.
+    """Send the steps that travel as one chain from ``start`` (see :func:`step_signatures`).
 
     The same message ``build_chain(...).apply_async()`` sends (the first step, carrying
     the rest in its ``chain`` field), without the chain's pass that clones and freezes
@@ -234,6 +256,36 @@ def publish(
     """
     first, *rest = step_signatures(app, saga_id, plan, start, created, previous)
     first.apply_async(chain=rest[::-1] or None)
+
+
+def publish_stage(
+    app: Celery,
+    saga_id: str,
+    plan: Mapping[str, Any],
+    stage: int,
+    created: datetime | None = None,
+    previous: Sequence[Any] = (),
+) -> None:
+    """Send a stage: each branch of a group as a chain of its own, all at once.
+
+    ``stage`` is the stage's position in the plan; ``previous`` what its mutable first
+    steps get (``(results,)`` after a group: the list of its members' results).
+    """
+    for branch in Topology.of(plan).stages[stage].branches:
+        publish(app, saga_id, plan, branch[0], created, previous)
+
+
+def revoke(app: Celery, saga_id: str, indices: Sequence[int]) -> None:
+    """Ask the workers running these steps to stop them (best effort).
+
+    Sent as a soft time limit (``SIGUSR1``): the step sees ``SoftTimeLimitExceeded``,
+    so it ends as a failure its shell records, and the saga goes on from the store.
+    """
+    ids = [step_task_id(saga_id, index) for index in indices]
+    try:
+        app.control.revoke(ids, terminate=True, signal="SIGUSR1")
+    except Exception:  # a broker without broadcast, or down: the members finish instead
+        logger.warning("saga %s: could not revoke steps %s", saga_id, list(indices), exc_info=True)
 
 
 def send_next(task: Task[Any, Any], result: Any) -> None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery, Signature
-from celery.canvas import _chain
+from celery.canvas import _chain, chord, group
 from kombu.utils.json import dumps as json_dumps
 
 from ._values import json_problem, unstorable
@@ -28,7 +28,8 @@ from .store.schema import NAME_LENGTH
 
 __all__ = ["PLAN_VERSION", "SagaPlan", "build_plan"]
 
-PLAN_VERSION = 1
+#: The stored plan's form: 2 added parallel groups (``branch`` on their members).
+PLAN_VERSION = 2
 #: Signature options that belong to one publication, not to the plan.
 _TRANSIENT_OPTIONS = frozenset(
     {"task_id", "parent_id", "root_id", "group_id", "group_index", "chord", "chain", "reply_to"}
@@ -46,16 +47,21 @@ class SagaPlan:
     name: str
     steps: tuple[Mapping[str, Any], ...]
     deadline: float | None = None
+    fail_fast: bool = False
 
     def as_json(self) -> dict[str, Any]:
         """The stored form."""
         stored = {
-            "version": PLAN_VERSION,
+            "version": 1,  # a saga without groups keeps the form (and hash) it always had
             "name": self.name,
             "steps": [dict(s) for s in self.steps],
         }
         if self.deadline is not None:  # only when set: older plans keep their hash
             stored["deadline"] = self.deadline
+        if any("branch" in step for step in self.steps):  # a saga with parallel groups
+            stored["version"] = PLAN_VERSION
+            if self.fail_fast:
+                stored["fail_fast"] = True
         return stored
 
     @property
@@ -130,24 +136,61 @@ def _signature(run: Callable[..., Any]) -> inspect.Signature | None:
         return None
 
 
-def _flatten(steps: Sequence[Any]) -> list[Signature[Any]]:
-    flat: list[Signature[Any]] = []
+def _signature_step(step: Any) -> Signature[Any]:
+    """A single step: a plain signature (anything else is refused with what to write)."""
+    if isinstance(step, Signature) and type(step) is Signature:
+        return step
+    if isinstance(step, Signature):
+        raise SagaValidationError(
+            f"{type(step).__name__} signatures are not supported as saga steps here "
+            f"(got {step!r}); give each step as task.s(...) or task.si(...), a chain of "
+            f"them, or a group(...) of those"
+        )
+    raise SagaValidationError(
+        f"saga steps are Celery signatures such as task.s(...) or task.si(...); got {step!r}"
+    )
+
+
+def _branch(member: Any) -> list[Signature[Any]]:
+    """A group member: one step, or a chain of steps (a branch)."""
+    if isinstance(member, _chain):
+        steps: list[Signature[Any]] = []
+        for step in member.tasks:
+            steps.extend(_branch(step))
+        return steps
+    if isinstance(member, group | chord):
+        raise SagaValidationError(
+            f"a group inside a group member is not supported (got {member!r}); make it a "
+            f"stage of its own: saga(..., group(...), group(...), ...)"
+        )
+    return [_signature_step(member)]
+
+
+def _group(members: group) -> _Stage:
+    branches = [_branch(member) for member in members.tasks]
+    if not branches:
+        raise SagaValidationError("a group in a saga needs at least one member")
+    return branches
+
+
+#: A stage as given: one step, or the branches of a group.
+_Stage = Signature[Any] | list[list[Signature[Any]]]
+
+
+def _stages(steps: Sequence[Any]) -> list[_Stage]:
+    """The saga's stages: chains taken step by step, a chord as its group then its body."""
+    stages: list[_Stage] = []
     for step in steps:
         if isinstance(step, _chain):
-            flat.extend(_flatten(step.tasks))
-        elif isinstance(step, Signature) and type(step) is Signature:
-            flat.append(step)
-        elif isinstance(step, Signature):
-            raise SagaValidationError(
-                f"{type(step).__name__} signatures are not supported as saga steps yet "
-                f"(got {step!r}); give each step as task.s(...) or task.si(...)"
-            )
+            stages.extend(_stages(step.tasks))
+        elif isinstance(step, chord):  # what chain(..., group(...), next) becomes
+            stages.append(_group(group(step.tasks)))
+            stages.extend(_stages([step.body]))
+        elif isinstance(step, group):
+            stages.append(_group(step))
         else:
-            raise SagaValidationError(
-                f"saga steps are Celery signatures such as task.s(...) or task.si(...); "
-                f"got {step!r}"
-            )
-    return flat
+            stages.append(_signature_step(step))
+    return stages
 
 
 def _unknown_task(app: Celery, name: str, role: str) -> SagaValidationError:
@@ -172,8 +215,69 @@ def _hard_limit_grace(timeout: float) -> float:
     return max(2.0, timeout * 0.1)
 
 
+def _step(
+    app: Celery, sig: Signature[Any], index: int, stage: int, limit: int, *, passed: bool
+) -> dict[str, Any]:
+    """One step as the plan stores it (``passed``: a ``.s()`` here gets a result first)."""
+    task_name = sig.task
+    if not task_name or task_name not in app.tasks:
+        raise _unknown_task(app, str(task_name), "saga step")
+    definition = step_definition(app.tasks[task_name])
+    if definition is None:
+        raise SagaValidationError(
+            f"task {task_name!r} is not a saga step: decorate it with "
+            f"@saga_step(compensate=...) above @app.task (compensate is optional)"
+        )
+    compensate = definition.compensation_name
+    if compensate is not None and compensate not in app.tasks:
+        raise _unknown_task(app, compensate, f"compensation of saga step {task_name!r},")
+    options = {k: v for k, v in sig.options.items() if k not in _TRANSIENT_OPTIONS}
+    for option in _UNSUPPORTED_OPTIONS:
+        if options.pop(option, None):
+            raise SagaValidationError(
+                f"saga step {task_name!r} has {option}=; callbacks on saga steps are "
+                f"not supported: use @saga_step(compensate=...) for undo, and the "
+                f"saga's result or signals for what follows"
+            )
+    _check_serializer(app, task_name, options)
+    if definition.timeout is not None:
+        options.setdefault("soft_time_limit", definition.timeout)
+        options.setdefault("time_limit", definition.timeout + _hard_limit_grace(definition.timeout))
+    args = list(sig.args)
+    kwargs = dict(sig.kwargs)
+    try:  # encoded once: the checks below measure and look through this JSON
+        encoded = json_dumps([args, kwargs])
+        json_dumps(options)
+    except (TypeError, ValueError):  # find which one, to say so
+        for position, value in enumerate(args):
+            _check_json(value, f"argument {position + 1}", task_name)
+        for key, value in kwargs.items():
+            _check_json(value, f"keyword argument {key!r}", task_name)
+        _check_json(options, "the options", task_name)
+        raise
+    _check_storable(args, kwargs, encoded, task_name, limit)
+    _check_binding(app.tasks[task_name], args, kwargs, passed=passed and not sig.immutable)
+    step = {
+        "index": index,
+        "stage": stage,
+        "task": task_name,
+        "args": args,
+        "kwargs": kwargs,
+        "options": options,
+        "immutable": bool(sig.immutable),
+        "compensate": compensate,
+    }
+    if definition.compensate_on_timeout:  # only when set: older plans keep their hash
+        step["undo_timeout"] = True
+    return step
+
+
 def build_plan(
-    app: Celery, signatures: Sequence[Any], name: str, deadline: float | None = None
+    app: Celery,
+    signatures: Sequence[Any],
+    name: str,
+    deadline: float | None = None,
+    fail_fast: bool = False,
 ) -> SagaPlan:
     """Check the steps and describe them as a plan; raise before anything is stored."""
     if not isinstance(name, str) or not name or len(name) > NAME_LENGTH:
@@ -185,65 +289,26 @@ def build_plan(
         isinstance(deadline, bool) or not isinstance(deadline, int | float) or deadline <= 0
     ):
         raise SagaValidationError(f"deadline= takes seconds > 0, got {deadline!r}")
-    flat = _flatten(signatures)
+    if not isinstance(fail_fast, bool):
+        raise SagaValidationError(f"fail_fast= takes True or False, got {fail_fast!r}")
+    stages = _stages(signatures)
     limit = get_config(app).max_result_bytes
-    if not flat:
+    if not stages:
         raise SagaValidationError("a saga needs at least one step")
     steps: list[dict[str, Any]] = []
-    for index, sig in enumerate(flat):
-        task_name = sig.task
-        if not task_name or task_name not in app.tasks:
-            raise _unknown_task(app, str(task_name), "saga step")
-        definition = step_definition(app.tasks[task_name])
-        if definition is None:
-            raise SagaValidationError(
-                f"task {task_name!r} is not a saga step: decorate it with "
-                f"@saga_step(compensate=...) above @app.task (compensate is optional)"
-            )
-        compensate = definition.compensation_name
-        if compensate is not None and compensate not in app.tasks:
-            raise _unknown_task(app, compensate, f"compensation of saga step {task_name!r},")
-        options = {k: v for k, v in sig.options.items() if k not in _TRANSIENT_OPTIONS}
-        for option in _UNSUPPORTED_OPTIONS:
-            if options.pop(option, None):
-                raise SagaValidationError(
-                    f"saga step {task_name!r} has {option}=; callbacks on saga steps are "
-                    f"not supported: use @saga_step(compensate=...) for undo, and the "
-                    f"saga's result or signals for what follows"
-                )
-        _check_serializer(app, task_name, options)
-        if definition.timeout is not None:
-            options.setdefault("soft_time_limit", definition.timeout)
-            options.setdefault(
-                "time_limit", definition.timeout + _hard_limit_grace(definition.timeout)
-            )
-        args = list(sig.args)
-        kwargs = dict(sig.kwargs)
-        try:  # encoded once: the checks below measure and look through this JSON
-            encoded = json_dumps([args, kwargs])
-            json_dumps(options)
-        except (TypeError, ValueError):  # find which one, to say so
-            for position, value in enumerate(args):
-                _check_json(value, f"argument {position + 1}", task_name)
-            for key, value in kwargs.items():
-                _check_json(value, f"keyword argument {key!r}", task_name)
-            _check_json(options, "the options", task_name)
-            raise
-        _check_storable(args, kwargs, encoded, task_name, limit)
-        _check_binding(app.tasks[task_name], args, kwargs, passed=index > 0 and not sig.immutable)
-        step = {
-            "index": index,
-            "stage": index,
-            "task": task_name,
-            "args": args,
-            "kwargs": kwargs,
-            "options": options,
-            "immutable": bool(sig.immutable),
-            "compensate": compensate,
-        }
-        if definition.compensate_on_timeout:  # only when set: older plans keep their hash
-            step["undo_timeout"] = True
-        steps.append(step)
+    for number, stage in enumerate(stages):
+        if isinstance(stage, Signature):
+            steps.append(_step(app, stage, len(steps), number, limit, passed=number > 0))
+            continue
+        for branch_number, branch in enumerate(stage):
+            for position, sig in enumerate(branch):
+                passed = number > 0 or position > 0
+                step = _step(app, sig, len(steps), number, limit, passed=passed)
+                step["branch"] = branch_number
+                steps.append(step)
     return SagaPlan(
-        name=name, steps=tuple(steps), deadline=None if deadline is None else float(deadline)
+        name=name,
+        steps=tuple(steps),
+        deadline=None if deadline is None else float(deadline),
+        fail_fast=fail_fast,
     )

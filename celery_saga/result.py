@@ -12,6 +12,7 @@ from celery.exceptions import TimeoutError as CeleryTimeoutError
 from ._runtime import get_store
 from .config import get_config
 from .errors import SagaCompensated, SagaError, SagaFailed, SagaNotFound
+from .machine import Topology
 from .operator import cancel, resume, retry_compensation
 from .records import SagaRecord, StepRecord
 from .recovery import Recovery
@@ -125,6 +126,9 @@ class SagaResult:
     ) -> Any:
         """Wait for the saga to end and return its last step's result.
 
+        A saga that ends with a group returns the list of its members' results, in
+        member order.
+
         Raises :class:`~celery_saga.SagaCompensated` or :class:`~celery_saga.SagaFailed`
         when the saga did not complete; with ``propagate=False`` that exception is
         returned instead of raised. Raises ``celery.exceptions.TimeoutError`` after
@@ -154,7 +158,8 @@ class SagaResult:
             raise SagaNotFound(self.id)
         steps = self.steps
         if record.status is SagaStatus.COMPLETED:
-            return steps[-1].result if steps else None
+            results = {step.index: step.result for step in steps}
+            return Topology.of(record.plan).output(results) if steps else None
         error: SagaError
         if record.status is SagaStatus.COMPENSATED:
             failed = next((s for s in steps if s.index == record.failed_step), None)

@@ -29,7 +29,7 @@ from ._values import unstorable
 from .config import get_config
 from .context import StepContext, running
 from .definition import StepDefinition
-from .dispatch import HEADER, republish, resend_later, retry_later, send_next
+from .dispatch import HEADER, publish_stage, republish, resend_later, retry_later, send_next
 from .dispatch import step_delivery as _delivery
 from .errors import SagaStoreError, SagaValidationError
 from .machine import (
@@ -44,6 +44,7 @@ from .machine import (
     Ended,
     Fail,
     FailureRecorded,
+    Join,
     Move,
     Outcome,
     PassOn,
@@ -53,6 +54,7 @@ from .machine import (
     Run,
     SendCompensations,
     SendNext,
+    SendStage,
     Stop,
     Stopped,
     SuccessRecorded,
@@ -175,6 +177,8 @@ class _StepShell:
                 result = message.result
             elif isinstance(message, SendNext):
                 self.send_next(result)
+            elif isinstance(message, SendStage):
+                self.send_stage(message)
             elif isinstance(message, Reconcile):
                 self.guard(lambda: _drive.settle(self.app, self.d.saga_id))
             elif isinstance(message, Ended):
@@ -241,6 +245,25 @@ class _StepShell:
                 "sent; the recovery sweep sends it",
                 self.d.saga_id,
                 self.d.index,
+            )
+            raise Ignore() from None
+
+    def send_stage(self, message: SendStage) -> None:
+        """The step completed its stage: send the next one, from the stored plan."""
+        d = self.d
+        try:
+            saga = self.store.get_saga(d.saga_id)
+            assert saga is not None
+            publish_stage(
+                self.app, d.saga_id, saga.plan, message.stage, saga.created_at, message.previous
+            )
+        except Exception:
+            # The join is recorded: never let Celery take this for the step's failure.
+            logger.exception(
+                "saga %s step %d: its stage is done, but the next one could not be sent; "
+                "the recovery sweep sends it",
+                d.saga_id,
+                d.index,
             )
             raise Ignore() from None
 
@@ -382,6 +405,7 @@ class _StepShell:
                 error,
                 saga_status=fail.saga_status,
                 step_status=fail.step_status,
+                lock=d.grouped,
             ),
             p=pending,
         )
@@ -405,16 +429,29 @@ class _StepShell:
 
     def succeeded(self, token: str, result: Any, encoded: EncodedJSON) -> Any:
         d = self.d
-        complete = decide(d, AttemptSucceeded()).transition
-        assert isinstance(complete, Complete)
+        transition = decide(d, AttemptSucceeded()).transition
         pending = {"k": token, "ok": str(encoded)}
-        completion = self.guard(
-            lambda: self.store.complete_step(
-                d.saga_id, d.index, token, encoded, last=complete.last
-            ),
-            p=pending,
-        )
-        move = decide(d, SuccessRecorded(Outcome(completion.value)))
+        if isinstance(transition, Join):
+            join = transition
+            joined = self.guard(
+                lambda: self.store.join_stage(
+                    d.saga_id, d.index, token, encoded, ends=join.ends, final=join.final
+                ),
+                p=pending,
+            )
+            completion, recorded = (
+                joined.outcome,
+                SuccessRecorded(Outcome(joined.outcome.value), joined.results),
+            )
+        else:
+            assert isinstance(transition, Complete)
+            last = transition.last
+            completion = self.guard(
+                lambda: self.store.complete_step(d.saga_id, d.index, token, encoded, last=last),
+                p=pending,
+            )
+            recorded = SuccessRecorded(Outcome(completion.value))
+        move = decide(d, recorded)
         if completion.value != "lost":
             signals.step_succeeded.send(sender=self.task.name, event=self.timed())
         return self.carry_out(move, result)

@@ -9,9 +9,10 @@ import time
 import uuid
 
 import pytest
+from celery import chain, group
 
 from celery_saga import SagaCompensated, SagaConflictError, SagaFailed, SagaResult
-from celery_saga.dispatch import build_chain, publish
+from celery_saga.dispatch import build_chain, publish, publish_stage
 from celery_saga.status import SagaStatus, StepStatus
 from tests.support.envs import SagaEnv
 
@@ -325,3 +326,174 @@ class SagaScenarios:
         assert env.ledger.count("undo-attempt", "a", result.id) == 4
         assert result.steps[0].status is StepStatus.COMPENSATED
         assert result.retry_compensation() == []  # not FAILED any more
+
+    # -- parallel groups (semantics 12) ------------------------------------------------
+
+    def _undone(self, env: SagaEnv, saga_id: str) -> list[str]:
+        return [e.tag for e in env.ledger.entries(saga_id, "undo")]
+
+    def test_group_joins_and_passes_results_in_member_order(self, env: SagaEnv) -> None:
+        """The stage after a group gets the list of its members' results, in member order."""
+        result = env.saga(
+            env.sig("act", "o-1", tag="a"),
+            group(
+                env.sig("act", tag="b", sleep=0.3), env.sig("act", tag="c"), env.sig("act", tag="d")
+            ),
+            env.sig("act", tag="e"),
+        ).apply_async(saga_id=new_id())
+        value = result.get(timeout=TIMEOUT)
+        a = {"tag": "a", "args": ["o-1"]}
+        assert value == {
+            "tag": "e",
+            "args": [[{"tag": t, "args": [a]} for t in "bcd"]],
+        }
+        steps = result.steps
+        assert [s.stage for s in steps] == [0, 1, 1, 1, 2]
+        assert [s.status for s in steps] == [StepStatus.SUCCEEDED] * 5
+        assert [s.attempts for s in steps] == [1] * 5
+        for tag in "abcde":
+            assert env.ledger.count("do", tag, result.id) == 1, tag
+
+    def test_saga_may_start_and_end_with_a_group(self, env: SagaEnv) -> None:
+        """A saga that is only a group completes with the list of its members' results."""
+        result = env.saga(
+            group(env.sig("act", 1, tag="a"), env.sig("act", 2, tag="b", immutable=True))
+        ).apply_async(saga_id=new_id())
+        assert result.get(timeout=TIMEOUT) == [
+            {"tag": "a", "args": [1]}, {"tag": "b", "args": [2]}
+        ]  # fmt: skip
+
+    def test_branch_member_runs_its_chain_in_order(self, env: SagaEnv) -> None:
+        """A chain inside a group runs step by step; the next stage gets the branch's end."""
+        result = env.saga(
+            group(
+                chain(env.sig("act", "x", tag="b1"), env.sig("act", tag="b2")),
+                env.sig("act", "y", tag="c"),
+            ),
+            env.sig("act", tag="e"),
+        ).apply_async(saga_id=new_id())
+        value = result.get(timeout=TIMEOUT)
+        b1 = {"tag": "b1", "args": ["x"]}
+        assert value["args"] == [[{"tag": "b2", "args": [b1]}, {"tag": "c", "args": ["y"]}]]
+        assert [(s.index, s.stage) for s in result.steps] == [(0, 0), (1, 0), (2, 0), (3, 1)]
+
+    def test_member_failing_lets_siblings_finish_then_undoes_all(self, env: SagaEnv) -> None:
+        """A member failing for good: its sibling in flight finishes, then it and the earlier
+        step are undone once each, the group before the stage before it; nothing after runs."""
+        result = env.saga(
+            env.sig("act", tag="a"),
+            group(
+                env.sig("act", tag="b", sleep=1.0), env.sig("act", tag="c", sleep=0.2, fail=True)
+            ),
+            env.sig("act", tag="e"),
+        ).apply_async(saga_id=new_id())
+        with pytest.raises(SagaCompensated, match="c failed") as raised:
+            result.get(timeout=TIMEOUT)
+        assert raised.value.step_index == 2
+        assert self._undone(env, result.id) == ["b", "a"]
+        assert env.ledger.count("do", "e", result.id) == 0
+        assert [s.status for s in result.steps] == [
+            StepStatus.COMPENSATED, StepStatus.COMPENSATED, StepStatus.FAILED, StepStatus.PENDING
+        ]  # fmt: skip
+        b = result.steps[1]
+        assert b.finished_at is not None
+        assert b.compensation_started_at is not None
+        assert b.compensation_started_at >= b.finished_at  # it finished before any undo
+
+    def test_succeeded_members_are_undone_side_by_side(self, env: SagaEnv) -> None:
+        """When the step after a group fails, every member is undone, then the step before."""
+        result = env.saga(
+            env.sig("act", tag="a"),
+            group(*(env.sig("act", tag=f"m{i}") for i in range(3))),
+            env.sig("act", tag="e", fail=True),
+        ).apply_async(saga_id=new_id())
+        with pytest.raises(SagaCompensated):
+            result.get(timeout=TIMEOUT)
+        undone = self._undone(env, result.id)
+        assert sorted(undone[:3]) == ["m0", "m1", "m2"]
+        assert undone[3:] == ["a"]
+        assert result.status is SagaStatus.COMPENSATED
+
+    def test_member_retried_then_succeeding(self, env: SagaEnv) -> None:
+        """A member with a retry policy that fails twice is retried and the group joins."""
+        result = env.saga(
+            group(env.sig("insist", tag="r", fail_times=2), env.sig("act", tag="b")),
+            env.sig("act", tag="e"),
+        ).apply_async(saga_id=new_id())
+        assert result.get(timeout=TIMEOUT)["args"] == [["r", {"tag": "b", "args": []}]]
+        assert result.steps[0].attempts == 3
+
+    def test_duplicate_delivery_of_a_member_runs_it_once(self, env: SagaEnv) -> None:
+        """A group's members published again, during and after the run, run no body twice."""
+        result = env.saga(
+            env.sig("act", tag="a"),
+            group(env.sig("act", tag="b", sleep=0.5), env.sig("act", tag="c")),
+            env.sig("act", tag="e"),
+        ).apply_async(saga_id=new_id())
+        self._wait_for_do(env, result.id, "b")
+        plan = result.record.plan  # type: ignore[union-attr]
+        publish_stage(env.app, result.id, plan, 1, previous=({"tag": "a", "args": []},))
+        assert result.get(timeout=TIMEOUT)["tag"] == "e"
+        publish_stage(env.app, result.id, plan, 1, previous=({"tag": "a", "args": []},))
+        time.sleep(1.0)
+        for tag in "abce":
+            assert env.ledger.count("do", tag, result.id) == 1, tag
+        assert [s.attempts for s in result.steps] == [1, 1, 1, 1]
+
+    def test_cancel_during_a_group_undoes_its_members(self, env: SagaEnv) -> None:
+        """cancel() while a group runs: nothing after it starts, its members and the step
+        before are undone once each."""
+        result = env.saga(
+            env.sig("act", tag="a"),
+            group(env.sig("act", tag="b", sleep=1.0), env.sig("act", tag="c", sleep=1.0)),
+            env.sig("act", tag="e"),
+        ).apply_async(saga_id=new_id())
+        self._wait_for_do(env, result.id, "b")
+        assert result.cancel("stop")
+        with pytest.raises(SagaCompensated, match="cancelled"):
+            result.get(timeout=TIMEOUT)
+        undone = self._undone(env, result.id)
+        assert env.ledger.count("do", "e", result.id) == 0
+        ran = {t for t in "bc" if env.ledger.count("do", t, result.id)}
+        assert sorted(undone[:-1]) == sorted(ran)
+        assert undone[-1] == "a"
+
+    def test_deadline_passed_during_a_group(self, env: SagaEnv) -> None:
+        """A saga whose deadline passes while its group runs starts nothing after it."""
+        result = env.saga(
+            env.sig("act", tag="a"),
+            group(env.sig("act", tag="b", sleep=1.5), env.sig("act", tag="c")),
+            env.sig("act", tag="e"),
+            deadline=1.0,
+        ).apply_async(saga_id=new_id())
+        with pytest.raises(SagaCompensated, match="deadline of 1 s"):
+            result.get(timeout=TIMEOUT)
+        assert env.ledger.count("do", "e", result.id) == 0
+        undone = self._undone(env, result.id)
+        assert sorted(undone[:2]) == ["b", "c"]
+        assert undone[2:] == ["a"]
+
+    def test_group_of_200_members_from_a_generator(self, env: SagaEnv) -> None:
+        """A group built from a generator of 200 members joins with 200 results in order."""
+        result = env.saga(
+            group(env.sig("echo", tag=f"w{i}", value=i, immutable=True) for i in range(200)),
+            env.sig("two_args", "total"),
+        ).apply_async(saga_id=new_id())
+        assert result.get(timeout=120) == [list(range(200)), "total"]
+        assert len(result.steps) == 201
+
+    def test_fail_fast_still_undoes_every_member_that_succeeded(self, env: SagaEnv) -> None:
+        """With fail_fast, siblings still running are stopped if the worker can, and each
+        member that succeeded anyway is undone once."""
+        result = env.saga(
+            env.sig("act", tag="a"),
+            group(
+                env.sig("act", tag="b", sleep=1.0), env.sig("act", tag="c", sleep=0.2, fail=True)
+            ),
+            fail_fast=True,
+        ).apply_async(saga_id=new_id())
+        with pytest.raises(SagaCompensated, match="c failed"):
+            result.get(timeout=TIMEOUT)
+        b = result.steps[1]
+        assert b.status in (StepStatus.COMPENSATED, StepStatus.FAILED)
+        assert self._undone(env, result.id) == (["b", "a"] if b.result is not None else ["a"])

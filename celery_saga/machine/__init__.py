@@ -15,7 +15,8 @@ Two kinds of state are decided on:
 - :class:`Delivery`: what a step or compensation message says of its saga (saga id,
   step index, step count, the compensations to run if it fails, the deadline). The hot
   path decides from it without reading the store.
-- :class:`SagaState`: the saga row and every step row as stored. Decisions that need
+- :class:`SagaState`: the saga row and every step row as stored, with the plan's
+  :class:`Topology` (its stages, and the branches of its parallel groups). Decisions that need
   the whole saga (after a cancel, at the end of the compensations, the sweep, an
   operator's command) are made from it.
 
@@ -51,6 +52,7 @@ from ._moves import (
     EndCompensation,
     Ended,
     Fail,
+    Join,
     MarkInDoubt,
     Message,
     Move,
@@ -60,9 +62,11 @@ from ._moves import (
     Release,
     Reopen,
     RetryLater,
+    Revoke,
     Run,
     SendCompensations,
     SendNext,
+    SendStage,
     SendSteps,
     Stop,
     TakeOver,
@@ -78,6 +82,7 @@ from ._state import (
     Outcome,
     SagaState,
 )
+from ._topology import Stage, Topology
 
 __all__ = [
     "CANCELLED",
@@ -106,6 +111,7 @@ __all__ = [
     "Fail",
     "FailureRecorded",
     "IllegalEvent",
+    "Join",
     "MarkInDoubt",
     "Message",
     "Move",
@@ -118,17 +124,21 @@ __all__ = [
     "Resume",
     "RetryCompensation",
     "RetryLater",
+    "Revoke",
     "Run",
     "SagaState",
     "SendCompensations",
     "SendNext",
+    "SendStage",
     "SendSteps",
     "Settle",
+    "Stage",
     "Stop",
     "Stopped",
     "SuccessRecorded",
     "Sweep",
     "TakeOver",
+    "Topology",
     "Transition",
     "decide",
 ]

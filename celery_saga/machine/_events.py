@@ -90,10 +90,12 @@ class AttemptSucceeded:
 class SuccessRecorded:
     """Recording the step's result found ``outcome``.
 
-    ``LOST``, ``RECORDED``, ``COMPLETED`` or ``HALTED``.
+    ``LOST``, ``RECORDED``, ``COMPLETED`` or ``HALTED``; a join also ``JOINED``, with
+    ``results``: its stage's branch ends' results, in member order.
     """
 
     outcome: Outcome
+    results: tuple[Any, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ __all__ = [
     "EndCompensation",
     "Ended",
     "Fail",
+    "Join",
     "MarkInDoubt",
     "Message",
     "Move",
@@ -25,9 +26,11 @@ __all__ = [
     "Release",
     "Reopen",
     "RetryLater",
+    "Revoke",
     "Run",
     "SendCompensations",
     "SendNext",
+    "SendStage",
     "SendSteps",
     "Stop",
     "TakeOver",
@@ -45,6 +48,20 @@ class Complete:
     """Record the step's result (and, after the last step, complete the saga)."""
 
     last: bool
+
+
+@dataclass(frozen=True)
+class Join:
+    """Record a joining step's result, then see whether its whole stage has succeeded.
+
+    One transaction that first locks the saga's row, so of a group's members finishing
+    at once exactly one sees the others' results: ``ends`` are the stage's branch ends
+    that must all have succeeded; ``final``: the stage is the saga's last, and the join
+    completes the saga.
+    """
+
+    ends: tuple[int, ...]
+    final: bool
 
 
 @dataclass(frozen=True)
@@ -107,6 +124,7 @@ class Reopen:
 Transition: TypeAlias = (
     Claim
     | Complete
+    | Join
     | Fail
     | Release
     | Stop
@@ -147,8 +165,30 @@ class SendSteps:
 
 
 @dataclass(frozen=True)
+class SendStage:
+    """Send every branch of the stage at ``stage`` (its position in the plan) at once.
+
+    ``previous`` is what its mutable first steps get: ``(results,)``, the list of the
+    group's results in member order after a group.
+    """
+
+    stage: int
+    previous: tuple[Any, ...] = ()
+
+
+@dataclass(frozen=True)
 class SendCompensations:
-    """Send the compensations of these steps as one chain, in this order."""
+    """Send the compensations of these steps as one chain, in this order.
+
+    A move may hold several: the branches of a group are undone side by side.
+    """
+
+    indices: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Revoke:
+    """Ask the workers running these steps to stop them (``fail_fast``; best effort)."""
 
     indices: tuple[int, ...]
 
@@ -181,7 +221,17 @@ class Ended:
 
 
 Message: TypeAlias = (
-    Run | PassOn | SendNext | SendSteps | SendCompensations | RetryLater | Drop | Ended | Reconcile
+    Run
+    | PassOn
+    | SendNext
+    | SendSteps
+    | SendStage
+    | SendCompensations
+    | Revoke
+    | RetryLater
+    | Drop
+    | Ended
+    | Reconcile
 )
 
 

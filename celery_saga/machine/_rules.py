@@ -36,6 +36,7 @@ from ._moves import (
     EndCompensation,
     Ended,
     Fail,
+    Join,
     MarkInDoubt,
     Message,
     Move,
@@ -45,9 +46,11 @@ from ._moves import (
     Release,
     Reopen,
     RetryLater,
+    Revoke,
     Run,
     SendCompensations,
     SendNext,
+    SendStage,
     SendSteps,
     Stop,
     TakeOver,
@@ -110,13 +113,17 @@ def _attempt_failed(d: Delivery, e: AttemptFailed) -> Move:
     in_doubt = e.timed_out and e.undo_on_timeout
     undo = d.undo if in_doubt else _others(d)
     step_status = StepStatus.TIMED_OUT if in_doubt else StepStatus.FAILED
-    saga_status = SagaStatus.COMPENSATING if undo else SagaStatus.COMPENSATED
+    # With groups, members may still be running: the store settles it after them.
+    compensating = bool(undo) or d.grouped
+    saga_status = SagaStatus.COMPENSATING if compensating else SagaStatus.COMPENSATED
     return Move(Fail(step_status, saga_status), action="fail", reason="failed for good")
 
 
 def _failure_recorded(d: Delivery, e: FailureRecorded) -> Move:
     if not e.recorded:
         return Move(messages=(Drop("lost its claim", "warning"),), reason="lost its claim")
+    if d.grouped:  # no errbacks: what to undo, and when, is decided from the store
+        return Move(messages=(Reconcile(),), action="compensate", reason="failed for good")
     if e.saga_status is SagaStatus.COMPENSATING:
         undo = d.undo if e.step_status is StepStatus.TIMED_OUT else _others(d)
         return Move(messages=(SendCompensations(undo),), action="compensate", steps=undo)
@@ -130,6 +137,8 @@ def _attempt_released(d: Delivery, e: AttemptReleased) -> Move:
 
 
 def _attempt_succeeded(d: Delivery, e: AttemptSucceeded) -> Move:
+    if d.ends:
+        return Move(Join(d.ends, d.final), reason="succeeded: join")
     return Move(Complete(last=d.is_last_step), reason="succeeded")
 
 
@@ -138,7 +147,16 @@ def _success_recorded(d: Delivery, e: SuccessRecorded) -> Move:
     if outcome is Outcome.LOST:
         return Move(messages=(Drop("lost its claim", "warning"),), reason="lost its claim")
     if outcome is Outcome.RECORDED:
+        if d.ends:  # a member whose siblings are not all done: the last of them joins
+            return Move(reason="waiting for the other members of its group")
         return Move(messages=(SendNext(),), action="forward", steps=(d.index + 1,))
+    if outcome is Outcome.JOINED:  # every member done: this one sends the next stage
+        previous = [*e.results] if d.member else e.results[0]
+        return Move(
+            messages=(SendStage(d.stage + 1, (previous,)),),
+            action="forward",
+            reason="its stage joined",
+        )
     if outcome is Outcome.COMPLETED:
         return Move(messages=(Ended(SagaStatus.COMPLETED),), action="finish")
     if outcome is Outcome.HALTED:  # cancelled while the last step ran
@@ -222,6 +240,39 @@ def _to_undo(steps: Sequence[StepRecord], now: datetime) -> tuple[int, ...]:
     )
 
 
+def _due(s: SagaState) -> tuple[int, ...]:
+    """The steps whose message should be on its way.
+
+    In the first stage not done yet, each branch's first step that has not succeeded,
+    if it has not started.
+    """
+    status = {st.index: st.status for st in s.steps}
+    for stage in s.shape.stages:
+        if all(status.get(end) is StepStatus.SUCCEEDED for end in stage.ends):
+            continue
+        due = []
+        for branch in stage.branches:
+            waiting = next((i for i in branch if status.get(i) is not StepStatus.SUCCEEDED), None)
+            if waiting is not None and status.get(waiting) is StepStatus.PENDING:
+                due.append(waiting)
+        return tuple(due)
+    return ()
+
+
+def _send_steps(s: SagaState, starts: Sequence[int]) -> tuple[tuple[Message, ...], tuple[int, ...]]:
+    """The messages that send the runs from ``starts``, and every step they carry."""
+    shape = s.shape
+    return (
+        tuple(SendSteps(start) for start in starts),
+        tuple(i for start in starts for i in shape.run_from(start)),
+    )
+
+
+def _compensate(s: SagaState, undo: Sequence[int]) -> tuple[Message, ...]:
+    """The compensation chains to send now (one per branch of a group being undone)."""
+    return tuple(SendCompensations(chain) for chain in s.shape.undo_batch(undo))
+
+
 def _what_next(s: SagaState, now: datetime, stall: float | None, force: bool = False) -> Move:
     """What is left to do with a saga that is not finished.
 
@@ -233,69 +284,82 @@ def _what_next(s: SagaState, now: datetime, stall: float | None, force: bool = F
     def lost(step: StepRecord) -> bool:
         return step.status is StepStatus.RUNNING and (force or not _alive(step, now))
 
+    live = [st.index for st in s.steps if st.status is StepStatus.RUNNING and not lost(st)]
+    gone = tuple(st.index for st in s.steps if lost(st))
     if s.status is SagaStatus.RUNNING:
-        live = [st for st in s.steps if st.status is StepStatus.RUNNING and not lost(st)]
-        if live:
-            return _nothing(f"step {live[0].index} is running")
-        if s.deadline is not None and now > s.created_at + timedelta(seconds=s.deadline):
+        past = s.deadline is not None and now > s.created_at + timedelta(seconds=s.deadline)
+        if past and not live:
+            assert s.deadline is not None
             error = _deadline_error(s.deadline)
             return Move(
                 Stop(error), (Reconcile(),), "deadline", f"past its deadline of {s.deadline:g} s"
             )
-        for step in s.steps:
-            if lost(step):
-                start = step.index
-                why = f"the owner of step {start} is known dead"
-                return Move(
-                    TakeOver() if force else None,
-                    (SendSteps(start),),
-                    action="forward",
-                    reason=why if force else f"the lease of step {start} ran out",
-                    steps=tuple(range(start, len(s.steps))),
-                )
+        if gone:  # sent again, with the rest of its chain (its group's siblings run on)
+            messages, steps = _send_steps(s, gone)
+            why = f"the owner of step {gone[0]} is known dead"
+            return Move(
+                TakeOver() if force else None,
+                messages,
+                action="forward",
+                reason=why if force else f"the lease of step {gone[0]} ran out",
+                steps=steps,
+            )
+        if live:
+            return _nothing(f"step {live[0]} is running")
         if not quiet:
             return _nothing("progress within saga_recovery_stall")
-        pending = next((st for st in s.steps if st.status is StepStatus.PENDING), None)
-        if pending is None:
+        due = _due(s)
+        if not due:
             return _nothing("no step left to send")
-        start = pending.index
+        messages, steps = _send_steps(s, due)
         return Move(
-            messages=(SendSteps(start),),
+            messages=messages,
             action="forward",
-            reason=f"no progress since step {start} was due",
-            steps=tuple(range(start, len(s.steps))),
+            reason=f"no progress since step {due[0]} was due",
+            steps=steps,
         )
     if s.status is SagaStatus.COMPENSATING:
         if any(
             st.status is StepStatus.COMPENSATING and _alive(st, now) and not force for st in s.steps
         ):
             return _nothing("a compensation is running")
-        live = [st for st in s.steps if st.status is StepStatus.RUNNING and not lost(st)]
-        if live:
-            return _nothing(f"step {live[0].index} is running (the saga was stopped)")
-        doubtful = tuple(st.index for st in s.steps if lost(st))
-        if doubtful:  # its worker died: it may have taken effect; undo it too
-            undo = _to_undo([_in_doubt(st) if st.index in doubtful else st for st in s.steps], now)
-            messages: tuple[Message, ...] = (SendCompensations(undo),) if undo else (Reconcile(),)
+        if live:  # members in flight finish (or, fail_fast, are stopped) before any undo
+            if s.shape.fail_fast:
+                return Move(
+                    messages=(Revoke(tuple(live)),),
+                    action="revoke",
+                    reason=f"fail_fast: stop step {live[0]}, still running",
+                    steps=tuple(live),
+                )
+            return _nothing(f"step {live[0]} is running (the saga was stopped)")
+        if gone:  # its worker died: it may have taken effect; undo it too
+            undo = _to_undo([_in_doubt(st) if st.index in gone else st for st in s.steps], now)
+            then = _compensate(s, undo) if undo else (Reconcile(),)
             return Move(
-                MarkInDoubt(doubtful),
-                messages,
+                MarkInDoubt(gone),
+                then,
                 "in doubt",
-                f"the lease of step {doubtful[0]} ran out while compensating",
-                steps=undo,
+                f"the lease of step {gone[0]} ran out while compensating",
+                steps=_sent(then),
             )
         if not quiet:
             return _nothing("progress within saga_recovery_stall")
         undo = _to_undo(s.steps, now)
         if undo:
             reason = "no progress in compensating" if stall is not None else "left to undo"
+            messages = _compensate(s, undo)
             return Move(
-                messages=(SendCompensations(undo),), action="compensate", reason=reason, steps=undo
+                messages=messages, action="compensate", reason=reason, steps=_sent(messages)
             )
         gave_up = any(st.status is StepStatus.COMPENSATION_FAILED for st in s.steps)
         ended = Ended(SagaStatus.FAILED if gave_up else SagaStatus.COMPENSATED)
         return Move(EndCompensation(), (ended,), "finish", "every compensation is done")
     return _nothing(f"the saga is {s.status}")
+
+
+def _sent(messages: Sequence[Message]) -> tuple[int, ...]:
+    """The steps whose compensations these messages send, in order."""
+    return tuple(i for m in messages if isinstance(m, SendCompensations) for i in m.indices)
 
 
 def _in_doubt(step: StepRecord) -> StepRecord:
@@ -328,7 +392,8 @@ def _retry_compensation(s: SagaState, e: RetryCompensation) -> Move:
     failed = tuple(
         st.index for st in reversed(s.steps) if st.status is StepStatus.COMPENSATION_FAILED
     )
-    return Move(Reopen(), (SendCompensations(failed),), "compensate", "retried", steps=failed)
+    messages = _compensate(s, failed)
+    return Move(Reopen(), messages, "compensate", "retried", steps=_sent(messages))
 
 
 # -- the table -------------------------------------------------------------------------

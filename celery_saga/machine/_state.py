@@ -11,6 +11,7 @@ from typing import Any
 from ..errors import SagaStateError
 from ..records import StepRecord
 from ..status import SagaStatus
+from ._topology import Topology
 
 __all__ = [
     "CANCELLED",
@@ -50,6 +51,7 @@ class Outcome(enum.Enum):
     LOST = "lost"  #: the caller no longer owns the step: nothing was written
     RECORDED = "recorded"  #: written; the saga goes on
     COMPLETED = "completed"  #: written, and the saga completed with it
+    JOINED = "joined"  #: written, and with it every member of its stage has succeeded
 
 
 # -- state ---------------------------------------------------------------------------
@@ -72,11 +74,18 @@ class Delivery:
     deadline: float | None = None
     started: float | None = None
     last: bool = False  #: for a compensation: the last of its chain (it settles the saga)
+    stage: int = 0  #: the position of the step's stage in the plan
+    grouped: bool = False  #: the saga has parallel groups: a failure settles from the store
+    member: bool = False  #: the step is a member of a group (the next stage gets a list)
+    #: For a step whose success is a join (it ends a group's branch, or precedes a
+    #: group): the branch ends of its stage, which must all have succeeded.
+    ends: tuple[int, ...] = ()
+    final: bool = False  #: a joining step of the saga's last stage: the join completes it
 
     @property
     def is_last_step(self) -> bool:
-        """Whether this is the saga's last forward step."""
-        return self.index == self.count - 1
+        """Whether this is the saga's last forward step (of a saga without a final group)."""
+        return self.index == self.count - 1 and not self.ends
 
 
 @dataclass(frozen=True)
@@ -92,3 +101,11 @@ class SagaState:
     deadline: float | None = None  #: seconds after ``created_at``
     error: Mapping[str, Any] | None = None
     failed_step: int | None = None
+    topology: Topology | None = None  #: None: one step per stage (a plan without groups)
+
+    @property
+    def shape(self) -> Topology:
+        """The saga's stages (a straight line of its steps when no topology was given)."""
+        if self.topology is not None:
+            return self.topology
+        return Topology.of_steps([{"index": s.index, "stage": s.index} for s in self.steps])

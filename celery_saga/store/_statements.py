@@ -39,6 +39,7 @@ __all__ = [
     "FAIL_SAGA",
     "FAIL_STEP",
     "INSERT_SAGA",
+    "LOCK_SAGA",
     "RELEASE_STEP",
     "SAGA_STATUS",
     "TO_UNDO",
@@ -129,11 +130,13 @@ COMPLETE_SAGA = (
     )
 )
 SAGA_STATUS = select(sagas.c.status).where(sagas.c.id == bindparam("p_saga"))
+#: The saga's status, its row locked until the transaction ends (a join's first statement).
+LOCK_SAGA = SAGA_STATUS.with_for_update()
 
 #: Step statuses whose compensation is still to run.
 TO_UNDO = (StepStatus.SUCCEEDED, StepStatus.TIMED_OUT, StepStatus.IN_DOUBT)
 #: Claim a compensation: a step to undo (or one whose compensation's owner lost its
-#: lease) of a saga that is compensating.
+#: lease, or was given back to be retried) of a saga that is compensating.
 CLAIM_COMPENSATION = (
     update(saga_steps)
     .where(
@@ -141,7 +144,11 @@ CLAIM_COMPENSATION = (
         _c.idx == bindparam("p_index"),
         or_(
             _c.status.in_(TO_UNDO),
-            and_(_c.status == StepStatus.COMPENSATING, _c.lease_expires_at < bindparam("p_now")),
+            and_(
+                _c.status == StepStatus.COMPENSATING,
+                # its owner lost its lease, or gave it back to be retried
+                or_(_c.lease_expires_at < bindparam("p_now"), _c.claim.is_(None)),
+            ),
         ),
         exists().where(
             sagas.c.id == bindparam("p_saga"), sagas.c.status == SagaStatus.COMPENSATING

@@ -67,6 +67,7 @@ from ._statements import (
     FAIL_SAGA,
     FAIL_STEP,
     INSERT_SAGA,
+    LOCK_SAGA,
     RELEASE_STEP,
     SAGA_STATUS,
     claim_by_insert,
@@ -80,6 +81,7 @@ __all__ = [
     "Completion",
     "EncodedJSON",
     "FailureRecord",
+    "Join",
     "SagaStore",
     "make_engine",
     "utcnow",
@@ -154,6 +156,15 @@ class Completion(enum.Enum):
     RECORDED = "recorded"  #: the result is stored
     COMPLETED = "completed"  #: the last step's result is stored and the saga completed
     HALTED = "halted"  #: the last step's result is stored, but the saga had been stopped
+    JOINED = "joined"  #: the result is stored, and with it every member of its stage
+
+
+@dataclass(frozen=True)
+class Join:
+    """What recording a joining step's result found (see :meth:`SagaStore.join_stage`)."""
+
+    outcome: Completion
+    results: tuple[Any, ...] = ()  #: on ``JOINED`` and ``COMPLETED``: the stage's results
 
 
 @dataclass(frozen=True)
@@ -428,6 +439,56 @@ class SagaStore:
             return Completion.LOST
         return Completion.COMPLETED if completed == 1 else Completion.HALTED
 
+    def join_stage(
+        self,
+        saga_id: str,
+        index: int,
+        token: str,
+        result: Any,
+        *,
+        ends: Sequence[int],
+        final: bool,
+    ) -> Join:
+        """Record a joining step's result; see whether its stage is done with it.
+
+        One transaction: it locks the saga's row first (``SELECT ... FOR UPDATE``; on
+        SQLite the write transaction is the lock), so of the members of a group that
+        finish at once each sees every member recorded before it, and exactly one
+        sees them all. That one gets ``JOINED`` (or, with ``final``, the saga
+        completes: ``COMPLETED``) and the branch ends' results in member order; the
+        others get ``RECORDED``. ``HALTED``: recorded, but the saga is not running
+        any more (it is compensated with the others); ``LOST``: not the owner, nothing
+        written.
+        """
+        params = {
+            "p_saga": saga_id,
+            "p_index": index,
+            "p_token": token,
+            "p_result": result,
+            "p_now": utcnow(),
+        }
+        c = saga_steps.c
+        with self._write("record the step's result") as connection:
+            status = connection.execute(LOCK_SAGA, params).scalar()
+            if connection.execute(COMPLETE_STEP, params).rowcount != 1:
+                connection.rollback()
+                return Join(Completion.LOST)
+            if status != SagaStatus.RUNNING:
+                return Join(Completion.HALTED)
+            rows = connection.execute(
+                select(c.idx, c.status, c.result)
+                .where(c.saga_id == saga_id, c.idx.in_(list(ends)))
+                .with_for_update(read=True)
+            ).all()
+            done = {row.idx: row.result for row in rows if row.status == StepStatus.SUCCEEDED}
+            if len(done) < len(ends):
+                return Join(Completion.RECORDED)
+            results = tuple(done[end] for end in ends)
+            if not final:
+                return Join(Completion.JOINED, results)
+            connection.execute(COMPLETE_SAGA, params)
+        return Join(Completion.COMPLETED, results)
+
     def fail_step(
         self,
         saga_id: str,
@@ -437,11 +498,13 @@ class SagaStore:
         *,
         saga_status: SagaStatus,
         step_status: StepStatus = StepStatus.FAILED,
+        lock: bool = False,
     ) -> FailureRecord:
         """Record a step's final failure and move a running saga to ``saga_status``.
 
         ``step_status`` is ``TIMED_OUT`` for a timed-out step to be compensated.
-        Writes nothing (false) if the caller no longer owns the step.
+        Writes nothing (false) if the caller no longer owns the step. ``lock``: take
+        the saga's row first, as a join does (a group member: no deadlock with it).
         """
         now = utcnow()
         params = {
@@ -455,6 +518,8 @@ class SagaStore:
             "p_finished": now if saga_status.is_terminal else None,
         }
         with self._write("record the step's failure") as connection:
+            if lock:
+                connection.execute(LOCK_SAGA, params)
             params["p_attempt_errors"] = _attempt_errors(
                 connection, saga_id, index, token, "step", error, now
             )
@@ -604,8 +669,13 @@ class SagaStore:
         *,
         error: Mapping[str, Any] | None = None,
         gave_up: bool = False,
+        retry_in: float = 0.0,
     ) -> bool:
-        """Record a compensation attempt: done (no error), to be retried, or given up."""
+        """Record a compensation attempt: done (no error), to be retried, or given up.
+
+        A compensation to be retried is given back (no owner) until its retry is due in
+        ``retry_in`` seconds: nothing else sends it before then, and its retry claims it.
+        """
         now = utcnow()
         c = saga_steps.c
         values: dict[str, Any]
@@ -620,8 +690,12 @@ class SagaStore:
                 "compensation_finished_at": now,
                 "lease_expires_at": None,
             }
-        else:  # keep it COMPENSATING with a lapsed lease, so the retry can claim it
-            values = {"compensation_error": dict(error), "lease_expires_at": now}
+        else:  # keep it COMPENSATING, without an owner, so that the retry can claim it
+            values = {
+                "compensation_error": dict(error),
+                "lease_expires_at": now + timedelta(seconds=retry_in),
+                "claim": None,
+            }
         with self._write("record the compensation") as connection:
             values["attempt_errors"] = _attempt_errors(
                 connection, saga_id, index, token, "compensation", error, now

@@ -36,8 +36,16 @@ class SagaEnv:
     def sig(self, task: str, *args: Any, immutable: bool = False, **kwargs: Any) -> Signature[Any]:
         return self.app.signature(f"shop.{task}", args=args, kwargs=kwargs, immutable=immutable)
 
-    def saga(self, *steps: Any, name: str = "test", deadline: float | None = None) -> Saga:
-        return celery_saga.saga(*steps, name=name, app=self.app, deadline=deadline)
+    def saga(
+        self,
+        *steps: Any,
+        name: str = "test",
+        deadline: float | None = None,
+        fail_fast: bool = False,
+    ) -> Saga:
+        return celery_saga.saga(
+            *steps, name=name, app=self.app, deadline=deadline, fail_fast=fail_fast
+        )
 
 
 @contextmanager

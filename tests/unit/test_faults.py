@@ -67,7 +67,7 @@ def _lose_messages(monkeypatch: pytest.MonkeyPatch) -> None:
     """Saga.apply_async stores the saga but sends nothing (as if the producer died)."""
     from celery_saga import canvas
 
-    monkeypatch.setattr(canvas, "publish", lambda *a, **kw: None)
+    monkeypatch.setattr(canvas, "publish_stage", lambda *a, **kw: None)
 
 
 def test_store_outage_does_not_spend_the_retry_policy(

@@ -50,7 +50,7 @@ def lose_messages(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], None]:
             if what == "first":  # the first step's message, without the rest of the chain
                 dispatch.step_signatures(app, saga_id, plan, start, **kw)[0].apply_async()
 
-        monkeypatch.setattr(canvas_module, "publish", publish)
+        monkeypatch.setattr(canvas_module, "publish_stage", publish)
 
     return lose
 
