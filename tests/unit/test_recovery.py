@@ -254,3 +254,47 @@ def test_bad_deadline_is_refused(env: SagaEnv) -> None:
     """deadline= must be a positive number of seconds."""
     with pytest.raises(SagaValidationError, match="deadline= takes seconds > 0"):
         env.saga(env.sig("act", tag="a"), deadline=0).plan()
+
+
+def test_saga_stored_before_groups_finishes_after_the_upgrade(env: SagaEnv) -> None:
+    """A saga stored (plan version 1) and sent (no group headers) by the release before
+    groups, its first step done, is driven on and completes on the code with groups."""
+    saga_id = new_id()
+    old_step = {"args": [], "kwargs": {"tag": "a"}, "options": {}, "immutable": False,
+                "compensate": "shop.undo", "task": "shop.act"}  # fmt: skip
+    plan = {
+        "version": 1,
+        "name": "before-groups",
+        "steps": [
+            {**old_step, "index": 0, "stage": 0, "args": ["o-1"]},
+            {**old_step, "index": 1, "stage": 1, "kwargs": {"tag": "b"}},
+            {**old_step, "index": 2, "stage": 2, "kwargs": {"tag": "c"}},
+        ],
+    }
+    store = get_store(env.app)
+    now = datetime.now(UTC).replace(tzinfo=None)
+    store.create_saga(
+        {"id": saga_id, "name": "before-groups", "status": SagaStatus.RUNNING, "plan": plan,
+         "plan_hash": "0" * 64, "step_count": 3, "created_at": now, "updated_at": now}
+    )  # fmt: skip
+    claim = store.claim_step(
+        saga_id, 0, "t0", ["o-1"], {"tag": "a"}, 60, stage=0, task="shop.act",
+        compensate="shop.undo",
+    )  # fmt: skip
+    assert claim.token == "t0"
+    first = EncodedJSON('{"tag": "a", "args": ["o-1"]}')
+    assert store.complete_step(saga_id, 0, "t0", first, last=False) is Completion.RECORDED
+    # step 1's message as the old release sent it: the header without stage or group keys
+    env.app.signature(
+        "shop.act", args=({"tag": "a", "args": ["o-1"]},), kwargs={"tag": "b"},
+        headers={"celery_saga": {"id": saga_id, "i": 1, "n": 3, "c": True, "t": None}},
+        task_id=f"{saga_id}:1",
+    ).apply_async()  # fmt: skip
+    result = SagaResult(saga_id, app=env.app)
+    _wait_for(result, 1, StepStatus.SUCCEEDED)
+    # the rest of the chain was never sent (the old message carried none): the sweep sends it
+    (sent,) = recover(env.app, saga_id, stalled_after=0)
+    assert (sent.action, sent.steps) == ("forward", (2,))
+    value = result.get(timeout=TIMEOUT)
+    assert value["tag"] == "c"
+    assert value["args"][0]["args"][0] == {"tag": "a", "args": ["o-1"]}
