@@ -23,6 +23,7 @@ from celery import Celery
 
 from ._runtime import get_store
 from .errors import SagaError, SagaNotFound, SagaStateError
+from .machine import Topology
 from .operator import cancel, resume, retry_compensation
 from .records import SagaRecord, StepRecord
 from .recovery import recover
@@ -280,22 +281,60 @@ def render_saga(record: SagaRecord, steps: Sequence[StepRecord]) -> list[str]:
         text = f"recovery failed {noted.get('at', '')}: {noted.get('message', '')}"
         lines.append("  " + click.style(text, fg="yellow"))
     now = datetime.now(UTC)
-    for number, step in enumerate(steps):
-        last = number == len(steps) - 1
+    lines += _tree(_shape(record, steps), "", now)
+    return lines
+
+
+#: A node of the drawn tree: a step, or a titled group of nodes (a group, a branch).
+_Node = StepRecord | tuple[str, list[Any]]
+
+
+def _shape(record: SagaRecord, steps: Sequence[StepRecord]) -> list[_Node]:
+    """The saga's steps as a tree: a group's members side by side under it."""
+    by_index = {step.index: step for step in steps}
+    nodes: list[_Node] = []
+    for stage in Topology.of(record.plan).stages:
+        if not stage.group:
+            nodes += [by_index[i] for i in stage.steps if i in by_index]
+            continue
+        members: list[_Node] = []
+        for branch in stage.branches:
+            chained = [by_index[i] for i in branch if i in by_index]
+            members.append(chained[0] if len(chained) == 1 else ("chain", list(chained)))
+        size = len(stage.branches)
+        nodes.append((f"group: {size} member{'' if size == 1 else 's'} at once", members))
+    return nodes
+
+
+def _tree(nodes: Sequence[_Node], indent: str, now: datetime) -> list[str]:
+    lines: list[str] = []
+    for number, node in enumerate(nodes):
+        last = number == len(nodes) - 1
         branch, stem = ("└─", "   ") if last else ("├─", "│  ")
-        lines.append(f"{branch} {step.index} {step.name}  {_step_status(step)}")
-        lease = _lease(step, now)
-        if lease:
-            lines.append(f"{stem}   {lease}")
-        if step.result is not None:
-            lines.append(f"{stem}   result: {_value(step.result)}")
-        if step.error:
-            lines.append(f"{stem}   " + click.style(f"error: {_error(step.error)}", fg="red"))
-        if step.compensate and step.compensation_attempts:
-            lines.append(f"{stem}   ↩ undo {step.compensate}  {_undo_status(step)}")
-            if step.compensation_error:
-                error = _error(step.compensation_error)
-                lines.append(f"{stem}     " + click.style(f"error: {error}", fg="red"))
+        if isinstance(node, tuple):
+            title, children = node
+            lines.append(f"{indent}{branch} " + click.style(title, dim=True))
+            lines += _tree(children, indent + stem, now)
+            continue
+        lines += _step_lines(node, f"{indent}{branch}", f"{indent}{stem}", now)
+    return lines
+
+
+def _step_lines(step: StepRecord, branch: str, stem: str, now: datetime) -> list[str]:
+    """A step, its lease, result and error, and its compensation."""
+    lines = [f"{branch} {step.index} {step.name}  {_step_status(step)}"]
+    lease = _lease(step, now)
+    if lease:
+        lines.append(f"{stem}   {lease}")
+    if step.result is not None:
+        lines.append(f"{stem}   result: {_value(step.result)}")
+    if step.error:
+        lines.append(f"{stem}   " + click.style(f"error: {_error(step.error)}", fg="red"))
+    if step.compensate and step.compensation_attempts:
+        lines.append(f"{stem}   ↩ undo {step.compensate}  {_undo_status(step)}")
+        if step.compensation_error:
+            error = _error(step.compensation_error)
+            lines.append(f"{stem}     " + click.style(f"error: {error}", fg="red"))
     return lines
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from celery import chain, group
 from celery.bin.base import CLIContext
 from click.testing import CliRunner, Result
 
@@ -149,6 +150,29 @@ def test_show_draws_the_step_tree(env: SagaEnv, sagas: Sagas) -> None:
     assert lines[5].startswith("│     ↩ undo shop.undo  done  1 attempt  ")
     assert lines[6].startswith("└─ 1 shop.act  FAILED  1 attempt  ")
     assert lines[7] == "      error: tests.support.app.StepFailure: b failed"
+
+
+def test_show_draws_a_group_side_by_side(env: SagaEnv) -> None:
+    """`show` draws a group's members under it, side by side, a chain member as its steps."""
+    result = env.saga(
+        env.sig("act", tag="a"),
+        group(env.sig("act", tag="b"), chain(env.sig("act", tag="c1"), env.sig("act", tag="c2"))),
+        env.sig("act", tag="e", fail=True),
+        name="fan-out",
+    ).apply_async(saga_id=f"cli-{uuid.uuid4().hex}")
+    with pytest.raises(SagaCompensated):
+        result.get(timeout=30)
+    drawn = [line for line in ok(env, "show", result.id).splitlines() if "─" in line]
+    assert [re.sub(r"  [A-Z]{4,}.*", "", line) for line in drawn] == [
+        "├─ 0 shop.act",
+        "├─ group: 2 members at once",
+        "│  ├─ 1 shop.act",
+        "│  └─ chain",
+        "│     ├─ 2 shop.act",
+        "│     └─ 3 shop.act",
+        "└─ 4 shop.act",
+    ]
+    assert drawn[2].startswith("│  ├─ 1 shop.act  COMPENSATED  1 attempt  ")
 
 
 def test_show_a_failed_saga_gives_the_compensation_error(env: SagaEnv, sagas: Sagas) -> None:
