@@ -497,3 +497,17 @@ class SagaScenarios:
         b = result.steps[1]
         assert b.status in (StepStatus.COMPENSATED, StepStatus.FAILED)
         assert self._undone(env, result.id) == (["b", "a"] if b.result is not None else ["a"])
+
+    def test_group_saga_id_is_idempotent_and_conflicts_on_another_plan(self, env: SagaEnv) -> None:
+        """Starting a group saga's id again returns it; with other members it conflicts."""
+        saga_id = new_id()
+
+        def steps(*tags: str) -> tuple[object, ...]:
+            return (env.sig("act", tag="a"), group(*(env.sig("act", tag=t) for t in tags)))
+
+        first = env.saga(*steps("b", "c")).apply_async(saga_id=saga_id)
+        first.get(timeout=TIMEOUT)
+        assert env.saga(*steps("b", "c")).apply_async(saga_id=saga_id) == first
+        assert env.ledger.count("do", "b", saga_id) == 1
+        with pytest.raises(SagaConflictError, match="different plan"):
+            env.saga(*steps("c", "b")).apply_async(saga_id=saga_id)

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from celery import group
 
 from celery_saga import SagaCompensated, SagaStatus, StepStatus, recover
 from tests.scenarios import new_id
@@ -101,6 +102,66 @@ def test_hanging_step_is_stopped_and_undone(postgres_url: str, worker_logs: Path
         undone = env.ledger.entries(result.id, "undo")
         assert [e.tag for e in undone] == ["s", "a"]  # the in-doubt step first
         assert [e.payload["result"] for e in undone] == [None, {"tag": "a", "args": []}]
+
+
+def test_hanging_member_is_stopped_and_undone_with_its_sibling(
+    postgres_url: str, worker_logs: Path
+) -> None:
+    """A group member past its timeout is stopped and, in doubt, undone with the member that
+    succeeded, both before the step before the group."""
+    require("redis")
+    queue = f"timeout-{uuid.uuid4().hex[:8]}"
+    with (
+        broker_env("timeout", REDIS_URL, postgres_url, postgres_url, queue) as env,
+        worker_process(REDIS_URL, postgres_url, postgres_url, queue, worker_logs / "member.log"),
+    ):
+        result = env.saga(
+            env.sig("act", tag="a"),
+            group(env.sig("slow", tag="s", sleep=60), env.sig("act", tag="b")),
+        ).apply_async(saga_id=new_id())
+        with pytest.raises(SagaCompensated, match="SoftTimeLimitExceeded"):
+            result.get(timeout=30)
+        assert result.steps[1].status is StepStatus.COMPENSATED  # was TIMED_OUT, then undone
+        undone = [e.tag for e in env.ledger.entries(result.id, "undo")]
+        assert sorted(undone[:2]) == ["b", "s"]
+        assert undone[2:] == ["a"]
+
+
+def test_member_killed_mid_group_runs_again_and_the_group_joins(
+    postgres_url: str, worker_logs: Path
+) -> None:
+    """kill -9 while two members run: after the lease the sweep sends the killed ones again,
+    the group joins and the step after it gets every member's result."""
+    require("redis")
+    queue = f"crash-{uuid.uuid4().hex[:8]}"
+    extra = {"SAGA_TEST_CONF": json.dumps(CONF)}
+    with broker_env("crash", REDIS_URL, postgres_url, postgres_url, queue, **CONF) as env:
+        with worker_process(
+            REDIS_URL, postgres_url, postgres_url, queue, worker_logs / "group-first.log",
+            extra_env=extra,
+        ) as worker:  # fmt: skip
+            result = env.saga(
+                env.sig("act", tag="a"),
+                group(
+                    env.sig("act", tag="b", hang_first=60), env.sig("act", tag="c", hang_first=60)
+                ),
+                env.sig("act", tag="e"),
+            ).apply_async(saga_id=new_id())
+            _wait(lambda: env.ledger.count("do", "c", result.id) == 1)
+            _wait(lambda: env.ledger.count("do", "b", result.id) == 1)
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait()
+        time.sleep(LEASE)
+        with worker_process(
+            REDIS_URL, postgres_url, postgres_url, queue, worker_logs / "group-again.log",
+            extra_env=extra,
+        ):  # fmt: skip
+            (plan,) = recover(env.app, result.id, stalled_after=3600)
+            assert (plan.action, plan.steps) == ("forward", (1, 2))
+            value = result.get(timeout=60)
+    assert value["args"][0] == [{"tag": t, "args": [{"tag": "a", "args": []}]} for t in "bc"]
+    assert [s.attempts for s in result.steps] == [1, 2, 2, 1]
+    assert env.ledger.count("do", "e", result.id) == 1
 
 
 def test_killed_step_runs_again_within_a_minute_with_the_defaults(

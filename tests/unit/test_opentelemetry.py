@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from celery import group
 from celery.signals import before_task_publish
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -157,6 +158,30 @@ def test_compensated_saga_links_compensations(env: SagaEnv, telemetry: Telemetry
         assert undo.links == [
             (root.trace_id, forward.span_id, {"saga.link": "compensates", "saga.step.attempt": 1})
         ]
+
+
+def test_group_members_are_sibling_spans_under_the_root(env: SagaEnv, telemetry: Telemetry) -> None:
+    """A group's members are step spans side by side under the saga root; their
+    compensations are linked to them."""
+    saga = env.saga(
+        env.sig("act", tag="a"),
+        group(env.sig("act", tag="b"), env.sig("act", tag="c")),
+        env.sig("act", tag="e", fail=True),
+        name="otel-group",
+    ).apply_async(saga_id=new_id())
+    with pytest.raises(SagaCompensated):
+        saga.get(timeout=TIMEOUT)
+    spans = telemetry.saga_spans(saga.id)
+    root = _root(spans)
+    groups = by_name(spans)
+    steps = {s.attributes["saga.step.index"]: s for s in groups["step shop.act"]}
+    assert sorted(steps) == [0, 1, 2, 3]
+    assert {s.parent_id for s in steps.values()} == {root.span_id}
+    undos = groups["compensate shop.undo"]
+    assert sorted(u.attributes["saga.step.index"] for u in undos) == [0, 1, 2]
+    for undo in undos:
+        forward = steps[undo.attributes["saga.step.index"]]
+        assert undo.links[0][1] == forward.span_id
 
 
 def test_attempts_get_spans_of_their_own(env: SagaEnv, telemetry: Telemetry) -> None:

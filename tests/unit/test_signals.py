@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from celery import group
 
 from celery_saga import SagaCompensated, SagaStatus, signals
 from celery_saga.dispatch import publish
@@ -189,3 +190,19 @@ def test_broken_receivers_change_nothing(env: SagaEnv) -> None:
     finally:
         for name in ALL:
             getattr(signals, name).disconnect(broken)
+
+
+def test_group_members_report_like_steps(env: SagaEnv, capture: Capture) -> None:
+    """Each member of a group sends its own start and success; the saga completes once."""
+    result = env.saga(
+        env.sig("act", tag="a"), group(env.sig("act", tag="b"), env.sig("act", tag="c")),
+        name="order",
+    )  # fmt: skip
+    saga_id = result.apply_async(saga_id=new_id()).id
+    seen = capture.of(saga_id, wait_for="saga_completed")
+    succeeded = sorted(s.event.step_index for s in seen if s.signal == "step_succeeded")
+    assert succeeded == [0, 1, 2]
+    assert sum(s.signal == "step_started" for s in seen) == 3
+    assert [s.signal for s in seen if s.signal.startswith("saga")] == [
+        "saga_started", "saga_completed"
+    ]  # fmt: skip

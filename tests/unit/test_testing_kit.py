@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
-from celery import Celery, current_app
+from celery import Celery, current_app, group
 
 import celery_saga
 from celery_saga import SagaCompensated, SagaFailed, SagaResult, SagaStatus, StepStatus
@@ -224,3 +225,35 @@ def test_configured_restores_an_existing_apps_settings(tmp_path: Any) -> None:
     assert app.conf.broker_url == "redis://broker.internal:6379/0"
     assert get_config(app).store_url == "postgresql+psycopg://db.internal/proj"
     assert "saga_compensation_retry_delay" not in app.conf
+
+
+def test_crash_on_a_group_member_is_recovered_while_its_sibling_finishes(
+    saga_app: Celery, saga_worker: Any, saga_faults: Faults
+) -> None:
+    """A member that crashes is sent again by recovery; its sibling's result is kept, the
+    group joins and the saga completes with both members run once."""
+    crash = saga_faults.crash("kit.act", index=1)
+    steps = [saga_app.signature("kit.act", args=(tag,), immutable=True) for tag in "bc"]
+    result = celery_saga.saga(group(*steps), name="kit", app=saga_app).apply_async()
+    crash.wait()
+    deadline = time.monotonic() + 10
+    while result.steps[0].status is not StepStatus.SUCCEEDED:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert result.steps[1].status is StepStatus.RUNNING
+    plans = saga_faults.recover(result.id)
+    assert [(p.action, p.steps) for p in plans] == [("forward", (1,))]
+    assert result.get(timeout=10) == ["b", "c"]
+    assert sorted(actions()) == [("do", "b"), ("do", "c")]
+
+
+def test_fault_on_a_group_member_undoes_its_siblings(
+    saga_app: Celery, saga_worker: Any, saga_faults: Faults
+) -> None:
+    """An injected failure of one member compensates the member that succeeded."""
+    saga_faults.fail("kit.act", index=1)
+    steps = [saga_app.signature("kit.act", args=(tag,), immutable=True) for tag in "bc"]
+    result = celery_saga.saga(group(*steps), name="kit", app=saga_app).apply_async()
+    with pytest.raises(SagaCompensated):
+        result.get(timeout=10)
+    assert sorted(actions()) == [("do", "b"), ("undo", "b")]
