@@ -17,6 +17,7 @@ from celery.utils.log import get_task_logger
 
 from . import signals
 from ._runtime import get_store
+from .config import get_config
 from .dispatch import compensation_chain, publish, revoke
 from .machine import (
     IN_DOUBT,
@@ -24,6 +25,7 @@ from .machine import (
     Ended,
     MarkInDoubt,
     Move,
+    QueueCompensations,
     Reconcile,
     Reopen,
     Revoke,
@@ -98,6 +100,9 @@ def _commit(app: Celery, saga: SagaRecord, move: Move, force: bool) -> bool:
         }
         store.mark_in_doubt(saga.id, transition.indices, error, force=force)
         return True
+    if isinstance(transition, QueueCompensations):
+        stall = get_config(app).recovery_stall
+        return store.queue_compensations(saga.id, transition.indices, stall) > 0
     if isinstance(transition, EndCompensation):
         return store.finish_saga_compensation(saga.id)  # False: ended elsewhere
     if isinstance(transition, Reopen):

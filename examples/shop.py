@@ -1,4 +1,4 @@
-"""A small shop: checkout as a saga of three Celery tasks.
+"""A small shop: checkout as a saga of four Celery tasks, two of them at the same time.
 
 Run a worker with ``celery -A shop worker`` from this folder. With no settings it uses
 the embedded defaults: the ``filesystem://`` broker in ``./.shop-broker`` (no server)
@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from celery import Celery
+from celery import Celery, group
 
 import celery_saga
 from celery_saga import saga_step
@@ -70,20 +70,35 @@ def reserve_inventory(skus: list[str]) -> dict[str, Any]:
     return {"reservation_id": f"res-{'-'.join(skus)}", "skus": skus}
 
 
+@app.task
+def cancel_courier(booking: dict[str, Any], order_id: str) -> None:
+    """Compensation of book_courier."""
+    print(f"cancelled courier {booking['booking_id']}")
+
+
+@saga_step(compensate=cancel_courier)
+@app.task
+def book_courier(order_id: str) -> dict[str, Any]:
+    """Book a courier (runs at the same time as reserve_inventory)."""
+    print(f"booked a courier for {order_id}")
+    return {"booking_id": f"courier-{order_id}"}
+
+
 @saga_step
 @app.task
-def create_order(reservation: dict[str, Any], order_id: str) -> dict[str, Any]:
-    """The last step: fails when an item is out of stock."""
+def create_order(prepared: list[dict[str, Any]], order_id: str) -> dict[str, Any]:
+    """The last step: gets the group's results in order; fails when an item is out of stock."""
+    reservation, booking = prepared
     if "sku-out-of-stock" in reservation["skus"]:
         raise OutOfStock(f"sku-out-of-stock is not available for {order_id}")
-    return {"order_id": order_id, "status": "created"}
+    return {"order_id": order_id, "status": "created", "courier": booking["booking_id"]}
 
 
 def checkout(order_id: str, amount: int, skus: list[str]) -> celery_saga.Saga:
-    """The checkout saga: charge, reserve, create the order."""
+    """The checkout saga: charge; reserve and book a courier at once; create the order."""
     return celery_saga.saga(
         charge_payment.s(order_id, amount),
-        reserve_inventory.si(skus),
+        group(reserve_inventory.si(skus), book_courier.si(order_id)),
         create_order.s(order_id),
         name="checkout",
     )

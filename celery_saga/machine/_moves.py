@@ -21,6 +21,7 @@ __all__ = [
     "Message",
     "Move",
     "PassOn",
+    "QueueCompensations",
     "Reconcile",
     "RecordCompensation",
     "Release",
@@ -104,6 +105,18 @@ class ClaimCompensation:
 
 
 @dataclass(frozen=True)
+class QueueCompensations:
+    """Mark these compensations as sent (without an owner yet), if nobody sent them.
+
+    In a saga with groups several compensations run at once, and each that ends settles
+    the saga: one still queued must look busy then, or it would be sent again. If none
+    of them could be marked, another settle sent them: send nothing.
+    """
+
+    indices: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class RecordCompensation:
     """Record a compensation attempt: done (``failed`` False), to be retried, or given up."""
 
@@ -131,6 +144,7 @@ Transition: TypeAlias = (
     | TakeOver
     | MarkInDoubt
     | ClaimCompensation
+    | QueueCompensations
     | RecordCompensation
     | EndCompensation
     | Reopen

@@ -41,6 +41,7 @@ from ._moves import (
     Message,
     Move,
     PassOn,
+    QueueCompensations,
     Reconcile,
     RecordCompensation,
     Release,
@@ -348,9 +349,9 @@ def _what_next(s: SagaState, now: datetime, stall: float | None, force: bool = F
         if undo:
             reason = "no progress in compensating" if stall is not None else "left to undo"
             messages = _compensate(s, undo)
-            return Move(
-                messages=messages, action="compensate", reason=reason, steps=_sent(messages)
-            )
+            sent = _sent(messages)
+            queue = QueueCompensations(sent) if s.shape.grouped else None
+            return Move(queue, messages, action="compensate", reason=reason, steps=sent)
         gave_up = any(st.status is StepStatus.COMPENSATION_FAILED for st in s.steps)
         ended = Ended(SagaStatus.FAILED if gave_up else SagaStatus.COMPENSATED)
         return Move(EndCompensation(), (ended,), "finish", "every compensation is done")

@@ -70,6 +70,7 @@ from ._statements import (
     LOCK_SAGA,
     RELEASE_STEP,
     SAGA_STATUS,
+    TO_UNDO,
     claim_by_insert,
 )
 from .engine import READ_ONLY, EncodedJSON, make_engine
@@ -635,6 +636,33 @@ class SagaStore:
                     finished_at=now,
                     lease_expires_at=None,
                     claim=None,
+                )
+            )
+        return marked.rowcount
+
+    def queue_compensations(self, saga_id: str, indices: Sequence[int], due: float) -> int:
+        """Mark compensations as sent: ``COMPENSATING`` without an owner, for ``due`` s.
+
+        Only those still to undo, or whose owner (or queued message) is overdue; their
+        message claims them. Returns how many it marked (0: another caller sent them).
+        """
+        now = utcnow()
+        c = saga_steps.c
+        with self._write_one("queue the compensations") as connection:
+            marked = connection.execute(
+                update(saga_steps)
+                .where(
+                    c.saga_id == saga_id,
+                    c.idx.in_(list(indices)),
+                    or_(
+                        c.status.in_(TO_UNDO),
+                        and_(c.status == StepStatus.COMPENSATING, c.lease_expires_at < now),
+                    ),
+                )
+                .values(
+                    status=StepStatus.COMPENSATING,
+                    claim=None,
+                    lease_expires_at=now + timedelta(seconds=due),
                 )
             )
         return marked.rowcount

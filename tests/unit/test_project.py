@@ -45,6 +45,8 @@ def test_demo_runs_as_written(tmp_path: Path) -> None:
     assert "SagaCompensated" in out
     assert "refunded pay-o-" in out
     assert "released res-sku-1-sku-out-of-stock" in out
+    assert re.search(r"cancelled courier courier-o-\w+-2", out)  # the group's members, undone
+    assert re.search(r"'courier': 'courier-o-\w+-1'", out)  # the group's results, joined
     assert (tmp_path / "celery_saga.sqlite3").exists()  # the default store, in the cwd
     left = sorted(path.name for path in tmp_path.iterdir())
     assert [name for name in left if not name.startswith("celery_saga.sqlite3")] == []
