@@ -127,6 +127,31 @@ def test_hanging_member_is_stopped_and_undone_with_its_sibling(
         assert undone[2:] == ["a"]
 
 
+def test_fail_fast_stops_a_member_in_flight(postgres_url: str, worker_logs: Path) -> None:
+    """With fail_fast, a member's failure stops its sibling still running (a soft time limit
+    sent by revoke) instead of waiting a minute for it; what succeeded is undone."""
+    require("redis")
+    queue = f"fast-{uuid.uuid4().hex[:8]}"
+    with (
+        broker_env("fast", REDIS_URL, postgres_url, postgres_url, queue) as env,
+        worker_process(REDIS_URL, postgres_url, postgres_url, queue, worker_logs / "fast.log"),
+    ):
+        started = time.monotonic()
+        result = env.saga(
+            env.sig("act", tag="a"),
+            group(env.sig("act", tag="b", sleep=60), env.sig("act", tag="c", sleep=0.5, fail=True)),
+            fail_fast=True,
+        ).apply_async(saga_id=new_id())
+        with pytest.raises(SagaCompensated, match="c failed"):
+            result.get(timeout=30)
+        assert time.monotonic() - started < 20
+        stopped = result.steps[1]
+        assert stopped.status is StepStatus.FAILED
+        assert stopped.error is not None
+        assert stopped.error["type"].endswith("SoftTimeLimitExceeded")
+        assert [e.tag for e in env.ledger.entries(result.id, "undo")] == ["a"]
+
+
 def test_member_killed_mid_group_runs_again_and_the_group_joins(
     postgres_url: str, worker_logs: Path
 ) -> None:
