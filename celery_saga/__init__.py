@@ -34,6 +34,7 @@ if TYPE_CHECKING:  # the names below are loaded on first use (see __getattr__)
         SagaStoreError,
         SagaValidationError,
     )
+    from .operator import signal
     from .records import SagaRecord, StepRecord
     from .recovery import Recovery, recover
     from .result import SagaResult
@@ -41,6 +42,7 @@ if TYPE_CHECKING:  # the names below are loaded on first use (see __getattr__)
     from .retry import RetryPolicy
     from .status import SagaStatus, StepStatus
     from .step import saga_step
+    from .waits import Wait, sleep, wait_for
 
 #: Where each public name lives: ``import celery_saga`` alone loads none of them (nor
 #: Celery, nor SQLAlchemy), so the pytest plugin and tools that import the package for
@@ -62,6 +64,7 @@ _WHERE = {
     "SagaStateError": ".errors",
     "SagaStoreError": ".errors",
     "SagaValidationError": ".errors",
+    "signal": ".operator",
     "SagaRecord": ".records",
     "StepRecord": ".records",
     "Recovery": ".recovery",
@@ -72,6 +75,9 @@ _WHERE = {
     "SagaStatus": ".status",
     "StepStatus": ".status",
     "saga_step": ".step",
+    "Wait": ".waits",
+    "sleep": ".waits",
+    "wait_for": ".waits",
 }
 
 
@@ -111,10 +117,14 @@ __all__ = [
     "StepContext",
     "StepRecord",
     "StepStatus",
+    "Wait",
     "current_step",
     "install",
     "purge",
     "recover",
     "saga",
     "saga_step",
+    "signal",
+    "sleep",
+    "wait_for",
 ]

@@ -23,11 +23,13 @@ from .machine import (
     IN_DOUBT,
     EndCompensation,
     Ended,
+    KeepSignal,
     MarkInDoubt,
     Move,
     QueueCompensations,
     Reconcile,
     Reopen,
+    ResolveWait,
     Revoke,
     SagaState,
     SendCompensations,
@@ -39,8 +41,9 @@ from .machine import (
     decide,
 )
 from .records import SagaRecord, StepRecord
-from .signals import SagaEvent
+from .signals import SagaEvent, StepEvent
 from .store import SagaStore
+from .waits import WAIT_TASK
 
 __all__ = ["carry_out", "load", "settle", "state_of"]
 
@@ -100,6 +103,20 @@ def _commit(app: Celery, saga: SagaRecord, move: Move, force: bool) -> bool:
         }
         store.mark_in_doubt(saga.id, transition.indices, error, force=force)
         return True
+    if isinstance(transition, ResolveWait):
+        return store.resolve_wait(
+            saga.id,
+            transition.index,
+            step_status=transition.step_status,
+            saga_status=transition.saga_status,
+            result=transition.result,
+            error=transition.error,
+        )
+    if isinstance(transition, KeepSignal):
+        stage = Topology.of(saga.plan).stage_of(transition.index).number
+        return store.keep_signal(
+            saga.id, transition.index, transition.payload, stage=stage, task=WAIT_TASK
+        )
     if isinstance(transition, QueueCompensations):
         stall = get_config(app).recovery_stall
         return store.queue_compensations(saga.id, transition.indices, stall) > 0
@@ -124,12 +141,22 @@ def carry_out(
     """
     if not _commit(app, saga, move, force):
         return False
+    transition = move.transition
+    error, failed = saga.error, saga.failed_step
+    if isinstance(transition, ResolveWait) and transition.error is not None:
+        error, failed = dict(transition.error), transition.index
+        signals.wait_timed_out.send(
+            sender=saga.name,
+            event=StepEvent(saga.id, saga.name, transition.index, WAIT_TASK, error=error),
+        )
     for message in move.messages:
         if isinstance(message, SendSteps):
             start = message.start
             feeds = Topology.of(saga.plan).feeds(start)
             previous: tuple[Any, ...] = ()
-            if feeds is not None:
+            if message.previous is not None:
+                previous = message.previous
+            elif feeds is not None:
                 if steps is None:
                     steps = get_store(app).get_steps(saga.id, plan=saga.plan)
                 results = {step.index: step.result for step in steps}
@@ -149,9 +176,7 @@ def carry_out(
         elif isinstance(message, Ended):
             duration = (_now() - saga.created_at).total_seconds()
             signals.send_saga_end(
-                SagaEvent(
-                    saga.id, saga.name, message.status, duration, saga.error, saga.failed_step
-                )
+                SagaEvent(saga.id, saga.name, message.status, duration, error, failed)
             )
         else:
             raise TypeError(f"not a message of a whole saga: {message!r}")

@@ -14,6 +14,7 @@ from .errors import SagaConfigurationError
 from .recovery import RECOVER_TASK, register_recovery_task
 from .retention import add_purge_schedule, register_purge_task
 from .step import bind_steps
+from .timers import register_wait_task
 from .worker import check_store
 
 __all__ = ["install"]
@@ -105,6 +106,7 @@ def install(app: Celery) -> Celery:
     setattr(app, _INSTALLED_ATTR, True)
     register_tasks(app)
     register_recovery_task(app)
+    register_wait_task(app)
     register_purge_task(app)
     add_purge_schedule(app)
     app.on_after_finalize.connect(_on_after_finalize, sender=app, weak=False)

@@ -24,7 +24,7 @@ from celery import Celery
 from ._runtime import get_store
 from .errors import SagaError, SagaNotFound, SagaStateError
 from .machine import Topology
-from .operator import cancel, resume, retry_compensation
+from .operator import cancel, resume, retry_compensation, signal
 from .records import SagaRecord, StepRecord
 from .recovery import recover
 from .retention import PURGED_BY_DEFAULT, purge
@@ -443,11 +443,31 @@ def cancel_(ctx: click.Context, saga_id: str, reason: str, as_json: bool) -> Non
     """Stop a running saga: no new step starts; what succeeded is undone."""
     app = _app(ctx)
     if not cancel(app, saga_id, reason):
-        _need(app, saga_id, (SagaStatus.RUNNING,), "cancelled")
+        _need(app, saga_id, (SagaStatus.RUNNING, SagaStatus.WAITING), "cancelled")
     if as_json:
         _emit_json({"id": saga_id, "cancelled": True, "reason": reason})
     else:
         _echo(ctx, f"saga {saga_id}: cancelled ({reason}); its steps are being undone")
+
+
+@saga.command(name="signal")
+@click.argument("saga_id")
+@click.argument("name")
+@click.option("--data", default=None, help="The payload, as JSON (default: null).")
+@_handles
+def signal_(ctx: click.Context, saga_id: str, name: str, data: str | None, as_json: bool) -> None:
+    """Send a saga the signal NAME: its wait_for(NAME) ends, with --data as the payload."""
+    try:
+        payload = None if data is None else json.loads(data)
+    except ValueError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="--data") from exc
+    went_on = signal(_app(ctx), saga_id, name, payload)
+    if as_json:
+        _emit_json({"id": saga_id, "signal": name, "kept": not went_on})
+    elif went_on:
+        _echo(ctx, f"saga {saga_id}: signal {name!r} received; the saga goes on")
+    else:
+        _echo(ctx, f"saga {saga_id}: signal {name!r} kept until the saga gets to its wait")
 
 
 @saga.command(name="resume")

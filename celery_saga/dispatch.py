@@ -196,6 +196,8 @@ def step_signatures(
         }
         if deadline is not None:
             header["d"] = deadline
+        if "wait" in step:  # what the wait waits for
+            header["w"] = step["wait"]
         if grouped:
             header["g"] = 1
             if topology.stage_of(index).group:

@@ -161,5 +161,8 @@ class SagaFailed(SagaError):
             f"({e.get('compensate')}): {_describe(e.get('error'))}"
             for e in self.compensation_errors
         ]
+        if not parts and self.error:  # it failed without undoing (a wait's on_timeout="fail")
+            super().__init__(f"saga {saga_id!r} failed: {_describe(self.error)}")
+            return
         detail = "; ".join(parts) if parts else "no compensation error recorded"
         super().__init__(f"saga {saga_id!r} failed: compensation gave up: {detail}")

@@ -22,14 +22,28 @@ from datetime import UTC, datetime
 from typing import Any
 
 from celery import Celery
+from kombu.utils.json import dumps as json_dumps
 
 from ._drive import carry_out, load
 from ._runtime import get_store
-from .errors import SagaNotFound
-from .machine import CANCELLED, DEADLINE_EXCEEDED, Cancel, Resume, RetryCompensation, decide
+from ._values import json_problem, unstorable
+from .config import get_config
+from .errors import SagaNotFound, SagaStateError, SagaValidationError
+from .machine import (
+    CANCELLED,
+    DEADLINE_EXCEEDED,
+    Cancel,
+    KeepSignal,
+    Resume,
+    RetryCompensation,
+    Signal,
+    decide,
+)
 from .recovery import Recovery, as_recovery
+from .signals import StepEvent, signal_received
+from .waits import WAIT_TASK
 
-__all__ = ["CANCELLED", "DEADLINE_EXCEEDED", "cancel", "resume", "retry_compensation"]
+__all__ = ["CANCELLED", "DEADLINE_EXCEEDED", "cancel", "resume", "retry_compensation", "signal"]
 
 
 def _loaded(app: Celery, saga_id: str) -> Any:
@@ -70,3 +84,43 @@ def retry_compensation(app: Celery, saga_id: str) -> list[int]:
     if not move.accepted or not carry_out(app, saga, move, steps=state.steps):
         return []
     return list(move.steps)
+
+
+def _check_payload(app: Celery, name: str, payload: Any) -> None:
+    problem = json_problem(payload)
+    encoded = None if problem is not None else json_dumps(payload)
+    if encoded is not None:
+        problem = unstorable(payload, encoded)
+    if problem is None and encoded is not None and len(encoded) > get_config(app).max_result_bytes:
+        problem = f"{len(encoded)} bytes of JSON, over the saga_max_result_bytes limit"
+    if problem is not None:
+        raise SagaValidationError(
+            f"the payload of signal {name!r} cannot be stored ({problem}); send plain data "
+            f"(dict, list, str, numbers), or a reference to what is large"
+        )
+
+
+def signal(app: Celery, saga_id: str, name: str, payload: Any = None) -> bool:
+    """Send the saga the signal ``name``: its ``wait_for(name)`` ends with ``payload``.
+
+    Returns True if the saga was waiting there and goes on now; False if the saga has
+    not got there yet: the signal is kept, and the wait ends at once when it does.
+    Raises :class:`SagaStateError` for a saga that does not wait for ``name`` (any
+    more: a second signal of a name is refused unless the saga waits for it again),
+    or is not running; :class:`SagaNotFound` for an unknown id;
+    :class:`SagaValidationError` for a payload the store cannot keep.
+
+    .. versionadded:: 0.2
+    """
+    _check_payload(app, name, payload)
+    for _ in range(3):  # a keep can race the saga getting to its wait: decide again
+        saga, state = _loaded(app, saga_id)
+        move = decide(state, Signal(name, payload))
+        if carry_out(app, saga, move, steps=state.steps):
+            kept = isinstance(move.transition, KeepSignal)
+            event = StepEvent(
+                saga_id, saga.name, move.steps[0], WAIT_TASK, reason="kept" if kept else name
+            )
+            signal_received.send(sender=saga.name, event=event)
+            return not kept
+    raise SagaStateError(saga_id, state.status.value, f"sent the signal {name!r}", "a wait for it")

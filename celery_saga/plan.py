@@ -25,10 +25,12 @@ from .config import get_config
 from .definition import original_run, step_definition
 from .errors import SagaConfigurationError, SagaValidationError
 from .store.schema import NAME_LENGTH
+from .waits import WAIT_TASK, Wait
 
 __all__ = ["PLAN_VERSION", "SagaPlan", "build_plan"]
 
-#: The stored plan's form: 2 added parallel groups (``branch`` on their members).
+#: The stored plan's form: 2 added parallel groups (``branch`` on their members) and
+#: waits (``wait`` on their steps).
 PLAN_VERSION = 2
 #: Signature options that belong to one publication, not to the plan.
 _TRANSIENT_OPTIONS = frozenset(
@@ -58,7 +60,7 @@ class SagaPlan:
         }
         if self.deadline is not None:  # only when set: older plans keep their hash
             stored["deadline"] = self.deadline
-        if any("branch" in step for step in self.steps):  # a saga with parallel groups
+        if any("branch" in step or "wait" in step for step in self.steps):  # groups, waits
             stored["version"] = PLAN_VERSION
             if self.fail_fast:
                 stored["fail_fast"] = True
@@ -158,6 +160,10 @@ def _branch(member: Any) -> list[Signature[Any]]:
         for step in member.tasks:
             steps.extend(_branch(step))
         return steps
+    if isinstance(member, Wait):
+        raise SagaValidationError(
+            "wait_for() and sleep() are stages of their own, not members of a group"
+        )
     if isinstance(member, group | chord):
         raise SagaValidationError(
             f"a group inside a group member is not supported (got {member!r}); make it a "
@@ -173,8 +179,8 @@ def _group(members: group) -> _Stage:
     return branches
 
 
-#: A stage as given: one step, or the branches of a group.
-_Stage = Signature[Any] | list[list[Signature[Any]]]
+#: A stage as given: one step, the branches of a group, or a wait.
+_Stage = Signature[Any] | list[list[Signature[Any]]] | Wait
 
 
 def _stages(steps: Sequence[Any]) -> list[_Stage]:
@@ -188,6 +194,8 @@ def _stages(steps: Sequence[Any]) -> list[_Stage]:
             stages.extend(_stages([step.body]))
         elif isinstance(step, group):
             stages.append(_group(step))
+        elif isinstance(step, Wait):
+            stages.append(step)
         else:
             stages.append(_signature_step(step))
     return stages
@@ -272,6 +280,21 @@ def _step(
     return step
 
 
+def _wait_step(wait: Wait, index: int, stage: int) -> dict[str, Any]:
+    """A wait or sleep as the plan stores it: a step of the internal wait task."""
+    return {
+        "index": index,
+        "stage": stage,
+        "task": WAIT_TASK,
+        "args": [],
+        "kwargs": {},
+        "options": {},
+        "immutable": wait.signal is not None,  # a sleep passes the result before it on
+        "compensate": None,
+        "wait": wait.as_plan(),
+    }
+
+
 def build_plan(
     app: Celery,
     signatures: Sequence[Any],
@@ -297,6 +320,9 @@ def build_plan(
         raise SagaValidationError("a saga needs at least one step")
     steps: list[dict[str, Any]] = []
     for number, stage in enumerate(stages):
+        if isinstance(stage, Wait):
+            steps.append(_wait_step(stage, len(steps), number))
+            continue
         if isinstance(stage, Signature):
             steps.append(_step(app, stage, len(steps), number, limit, passed=number > 0))
             continue

@@ -13,7 +13,7 @@ from ._runtime import get_store
 from .config import get_config
 from .errors import SagaCompensated, SagaError, SagaFailed, SagaNotFound
 from .machine import Topology
-from .operator import cancel, resume, retry_compensation
+from .operator import cancel, resume, retry_compensation, signal
 from .records import SagaRecord, StepRecord
 from .recovery import Recovery
 from .status import SagaStatus, StepStatus
@@ -80,6 +80,16 @@ class SagaResult:
         .. versionadded:: 0.1
         """
         return cancel(self.app, self.id, reason)
+
+    def signal(self, name: str, payload: Any = None) -> bool:
+        """Send the saga the signal ``name``: its ``wait_for(name)`` ends with ``payload``.
+
+        True: it was waiting and goes on; False: it is not there yet and the signal is
+        kept for it. See :func:`celery_saga.signal`.
+
+        .. versionadded:: 0.2
+        """
+        return signal(self.app, self.id, name, payload)
 
     def retry_compensation(self) -> list[int]:
         """Run again, after a fix, the compensations of a ``FAILED`` saga that gave up.

@@ -33,6 +33,11 @@ signal                          payload       sent when (and where)
 ``saga_not_found``              StepEvent     a step message for a saga this worker's store
                                               does not know (``reason`` names the store):
                                               producer and worker use different stores?
+``saga_waiting``                StepEvent     the saga is at a ``wait_for`` or ``sleep``
+                                              stage (``reason``: the signal, or "sleep")
+``signal_received``             StepEvent     a signal reached its wait (``reason``: its
+                                              name; "kept" when the saga is not there yet)
+``wait_timed_out``              StepEvent     a ``wait_for`` timed out (``error`` says so)
 ==============================  ============  ==========================================
 
 The sender is the saga's name for saga events, the step's task name for step events and
@@ -63,12 +68,15 @@ __all__ = [
     "saga_failed",
     "saga_not_found",
     "saga_started",
+    "saga_waiting",
+    "signal_received",
     "step_failed",
     "step_retried",
     "step_skipped",
     "step_started",
     "step_succeeded",
     "step_timed_out",
+    "wait_timed_out",
 ]
 
 
@@ -122,6 +130,9 @@ compensation_succeeded = Signal(name="compensation_succeeded")
 compensation_failed = Signal(name="compensation_failed")
 #: A step message for a saga this worker's store does not know (another store?).
 saga_not_found = Signal(name="saga_not_found")
+saga_waiting = Signal(name="saga_waiting")
+signal_received = Signal(name="signal_received")
+wait_timed_out = Signal(name="wait_timed_out")
 
 _SAGA_END = {
     SagaStatus.COMPLETED: saga_completed,

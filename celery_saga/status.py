@@ -18,6 +18,7 @@ class SagaStatus(StrEnum):
 
     PENDING = "PENDING"
     RUNNING = "RUNNING"
+    WAITING = "WAITING"  #: at a ``wait_for`` or ``sleep`` stage: no worker is held
     COMPENSATING = "COMPENSATING"
     COMPLETED = "COMPLETED"
     COMPENSATED = "COMPENSATED"
@@ -41,13 +42,16 @@ class StepStatus(StrEnum):
     ``@saga_step(compensate_on_timeout=True)`` that hit its time limit is ``TIMED_OUT``:
     in doubt, so it is compensated like a succeeded one. A step whose worker was lost
     (its lease ran out) while the saga was compensating is ``IN_DOUBT``: it may have
-    taken effect, so it is compensated too when it has a compensation.
+    taken effect, so it is compensated too when it has a compensation. A ``wait_for`` or
+    ``sleep`` stage the saga is at is ``WAITING``; a signal sent before the saga got
+    there is kept on its ``PENDING`` row (as its ``result``) until it does.
 
     .. versionadded:: 0.1
     """
 
     PENDING = "PENDING"
     RUNNING = "RUNNING"
+    WAITING = "WAITING"  #: a ``wait_for`` or ``sleep`` stage the saga is at
     SUCCEEDED = "SUCCEEDED"
     FAILED = "FAILED"
     TIMED_OUT = "TIMED_OUT"

@@ -11,7 +11,15 @@ import uuid
 import pytest
 from celery import chain, group
 
-from celery_saga import SagaCompensated, SagaConflictError, SagaFailed, SagaResult
+from celery_saga import (
+    SagaCompensated,
+    SagaConflictError,
+    SagaFailed,
+    SagaResult,
+    SagaStateError,
+    sleep,
+    wait_for,
+)
 from celery_saga.dispatch import build_chain, publish, publish_stage
 from celery_saga.status import SagaStatus, StepStatus
 from tests.support.envs import SagaEnv
@@ -511,3 +519,90 @@ class SagaScenarios:
         assert env.ledger.count("do", "b", saga_id) == 1
         with pytest.raises(SagaConflictError, match="different plan"):
             env.saga(*steps("c", "b")).apply_async(saga_id=saga_id)
+
+    # -- waits and sleeps --------------------------------------------------------------
+
+    def _wait_for_status(self, result: SagaResult, status: SagaStatus) -> None:
+        deadline = time.monotonic() + TIMEOUT
+        while result.status is not status:
+            assert time.monotonic() < deadline, f"never {status} (is {result.status})"
+            time.sleep(0.02)
+
+    def test_approval_arrives_and_its_payload_is_passed_on(self, env: SagaEnv) -> None:
+        """A saga waits at wait_for (WAITING, no worker held); the signal's payload goes on."""
+        result = env.saga(
+            env.sig("act", tag="a"), wait_for("approved", timeout=60), env.sig("act", tag="b")
+        ).apply_async(saga_id=new_id())
+        self._wait_for_status(result, SagaStatus.WAITING)
+        assert result.steps[1].status is StepStatus.WAITING
+        assert env.ledger.count("do", "b", result.id) == 0
+        assert result.signal("approved", {"by": "alice"}) is True
+        value = result.get(timeout=TIMEOUT)
+        assert value == {"tag": "b", "args": [{"by": "alice"}]}
+        assert result.steps[1].result == {"by": "alice"}
+        with pytest.raises(SagaStateError, match="COMPLETED"):
+            result.signal("approved")
+
+    def test_approval_never_arrives_compensates_at_the_timeout(self, env: SagaEnv) -> None:
+        """A wait whose timeout passes undoes the saga with a WaitTimedOut error."""
+        started = time.monotonic()
+        result = env.saga(
+            env.sig("act", tag="a"), wait_for("approved", timeout=1.0), env.sig("act", tag="b")
+        ).apply_async(saga_id=new_id())
+        with pytest.raises(SagaCompensated, match="no signal 'approved' within") as raised:
+            result.get(timeout=TIMEOUT)
+        assert time.monotonic() - started >= 1.0
+        assert raised.value.error["type"] == "celery_saga.WaitTimedOut"
+        assert self._undone(env, result.id) == ["a"]
+        assert env.ledger.count("do", "b", result.id) == 0
+        assert result.steps[1].status is StepStatus.FAILED
+
+    def test_signal_before_the_wait_is_kept(self, env: SagaEnv) -> None:
+        """A signal sent while the saga is still at an earlier step ends the wait on arrival."""
+        result = env.saga(
+            env.sig("act", tag="a", sleep=0.5), wait_for("approved"), env.sig("act", tag="b")
+        ).apply_async(saga_id=new_id())
+        self._wait_for_do(env, result.id, "a")
+        assert result.signal("approved", 7) is False  # kept: not there yet
+        with pytest.raises(SagaStateError, match="again"):
+            result.signal("approved", 8)
+        assert result.get(timeout=TIMEOUT) == {"tag": "b", "args": [7]}
+
+    def test_cancel_while_waiting_undoes_the_saga(self, env: SagaEnv) -> None:
+        """cancel() of a WAITING saga undoes what ran; the wait never ends."""
+        result = env.saga(
+            env.sig("act", tag="a"), wait_for("approved"), env.sig("act", tag="b")
+        ).apply_async(saga_id=new_id())
+        self._wait_for_status(result, SagaStatus.WAITING)
+        assert result.cancel("no approval needed")
+        with pytest.raises(SagaCompensated, match="cancelled"):
+            result.get(timeout=TIMEOUT)
+        assert self._undone(env, result.id) == ["a"]
+        assert result.steps[1].status is StepStatus.PENDING
+        with pytest.raises(SagaStateError):
+            result.signal("approved")
+
+    def test_sleep_passes_the_result_on_after_its_time(self, env: SagaEnv) -> None:
+        """sleep(1) holds the saga a second (no worker held), then the next step gets the
+        result of the step before it."""
+        started = time.monotonic()
+        result = env.saga(env.sig("act", tag="a"), sleep(1.0), env.sig("act", tag="b")).apply_async(
+            saga_id=new_id()
+        )
+        value = result.get(timeout=TIMEOUT)
+        assert time.monotonic() - started >= 1.0
+        assert value == {"tag": "b", "args": [{"tag": "a", "args": []}]}
+
+    def test_wait_timing_out_can_go_on_or_fail(self, env: SagaEnv) -> None:
+        """on_timeout="continue" goes on with None; "fail" ends the saga FAILED, undoing nothing."""
+        going = env.saga(
+            env.sig("act", tag="a"), wait_for("x", timeout=0.2, on_timeout="continue"),
+            env.sig("act", tag="b"),
+        ).apply_async(saga_id=new_id())  # fmt: skip
+        failing = env.saga(
+            env.sig("act", tag="a"), wait_for("x", timeout=0.2, on_timeout="fail")
+        ).apply_async(saga_id=new_id())
+        assert going.get(timeout=TIMEOUT) == {"tag": "b", "args": [None]}
+        with pytest.raises(SagaFailed, match="no signal 'x'"):
+            failing.get(timeout=TIMEOUT)
+        assert self._undone(env, failing.id) == []

@@ -25,9 +25,11 @@ __all__ = [
     "Resume",
     "RetryCompensation",
     "Settle",
+    "Signal",
     "Stopped",
     "SuccessRecorded",
     "Sweep",
+    "WaitEntered",
 ]
 
 
@@ -175,6 +177,31 @@ class Cancel:
 
 
 @dataclass(frozen=True)
+class WaitEntered:
+    """A wait stage's message tried to put the saga to wait.
+
+    ``outcome``: ``WAITING`` (it waits, or already did; ``due`` is when its timeout or
+    sleep ends, epoch seconds, None: never), ``RECORDED`` (a signal kept for it resolved
+    it at once), ``COMPLETED`` (that, and it was the last stage), ``STOPPED`` (the saga
+    is not running), ``DONE`` (resolved before) or ``MISSING``. ``soon``: a due time
+    within that many seconds is woken by a countdown, a later one by the sweep.
+    """
+
+    outcome: Outcome
+    now: float
+    due: float | None = None
+    soon: float = 60.0
+
+
+@dataclass(frozen=True)
+class Signal:
+    """Someone sent the saga the signal ``name`` with ``payload``."""
+
+    name: str
+    payload: Any = None
+
+
+@dataclass(frozen=True)
 class RetryCompensation:
     """An operator retries the compensations of a ``FAILED`` saga after a fix."""
 
@@ -196,4 +223,6 @@ Event: TypeAlias = (
     | Resume
     | Cancel
     | RetryCompensation
+    | WaitEntered
+    | Signal
 )

@@ -17,6 +17,7 @@ __all__ = [
     "Ended",
     "Fail",
     "Join",
+    "KeepSignal",
     "MarkInDoubt",
     "Message",
     "Move",
@@ -26,6 +27,7 @@ __all__ = [
     "RecordCompensation",
     "Release",
     "Reopen",
+    "ResolveWait",
     "RetryLater",
     "Revoke",
     "Run",
@@ -36,6 +38,7 @@ __all__ = [
     "Stop",
     "TakeOver",
     "Transition",
+    "Wake",
 ]
 
 
@@ -100,6 +103,30 @@ class MarkInDoubt:
 
 
 @dataclass(frozen=True)
+class ResolveWait:
+    """End the wait at step ``index``, if the saga still waits there.
+
+    The step becomes ``step_status`` (``SUCCEEDED`` with ``result``, or ``FAILED`` with
+    ``error``) and the saga ``saga_status`` (``RUNNING`` on, ``COMPLETED`` after a last
+    stage, ``COMPENSATING`` or ``FAILED`` with ``error``), in one write.
+    """
+
+    index: int
+    step_status: StepStatus
+    saga_status: SagaStatus
+    result: Any = None
+    error: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class KeepSignal:
+    """Keep a signal for the wait at step ``index``, which the saga has not reached yet."""
+
+    index: int
+    payload: Any = None
+
+
+@dataclass(frozen=True)
 class ClaimCompensation:
     """Claim the compensation of a succeeded (or in-doubt) step of a compensating saga."""
 
@@ -142,6 +169,8 @@ Transition: TypeAlias = (
     | Release
     | Stop
     | TakeOver
+    | ResolveWait
+    | KeepSignal
     | MarkInDoubt
     | ClaimCompensation
     | QueueCompensations
@@ -173,9 +202,20 @@ class SendNext:
 
 @dataclass(frozen=True)
 class SendSteps:
-    """Send the plan's steps from ``start`` on (the step before's stored result first)."""
+    """Send the plan's steps from ``start`` on (the step before's stored result first).
+
+    ``previous``: what its mutable first step gets, when the move knows it already.
+    """
 
     start: int
+    previous: tuple[Any, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Wake:
+    """Send this wait's message again in ``countdown`` seconds, when its time is due."""
+
+    countdown: float
 
 
 @dataclass(frozen=True)
@@ -242,6 +282,7 @@ Message: TypeAlias = (
     | SendStage
     | SendCompensations
     | Revoke
+    | Wake
     | RetryLater
     | Drop
     | Ended

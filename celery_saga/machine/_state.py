@@ -17,6 +17,7 @@ __all__ = [
     "CANCELLED",
     "DEADLINE_EXCEEDED",
     "IN_DOUBT",
+    "WAIT_TIMED_OUT",
     "Delivery",
     "IllegalEvent",
     "Outcome",
@@ -29,6 +30,8 @@ CANCELLED = "celery_saga.Cancelled"
 DEADLINE_EXCEEDED = "celery_saga.DeadlineExceeded"
 #: The ``type`` of the error of a step whose worker was lost while the saga compensated.
 IN_DOUBT = "celery_saga.InDoubt"
+#: The ``type`` of the error a ``wait_for`` stage records when its timeout passed.
+WAIT_TIMED_OUT = "celery_saga.WaitTimedOut"
 
 
 class IllegalEvent(SagaStateError):
@@ -52,6 +55,7 @@ class Outcome(enum.Enum):
     RECORDED = "recorded"  #: written; the saga goes on
     COMPLETED = "completed"  #: written, and the saga completed with it
     JOINED = "joined"  #: written, and with it every member of its stage has succeeded
+    WAITING = "waiting"  #: the saga waits at this stage now (no worker is held)
 
 
 # -- state ---------------------------------------------------------------------------

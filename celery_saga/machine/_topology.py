@@ -23,6 +23,9 @@ class Stage:
     number: int
     branches: tuple[tuple[int, ...], ...]
     group: bool = False
+    #: A ``wait_for`` (``signal``, ``timeout``, ``on_timeout``) or a sleep (``sleep``
+    #: seconds, or ``until`` epoch seconds): the stage waits instead of running a body.
+    wait: Mapping[str, Any] | None = None
 
     @property
     def ends(self) -> tuple[int, ...]:
@@ -56,15 +59,23 @@ class Topology:
         """The topology of a plan's steps (each with ``index``, ``stage``, maybe ``branch``)."""
         grouped: dict[int, dict[int, list[int]]] = {}
         is_group: dict[int, bool] = {}
+        waits: dict[int, Mapping[str, Any]] = {}
         for step in steps:
             stage = step.get("stage", step["index"])
             branch = step.get("branch")
             is_group[stage] = branch is not None
+            if step.get("wait") is not None:
+                waits[stage] = step["wait"]
             grouped.setdefault(stage, {}).setdefault(0 if branch is None else branch, []).append(
                 step["index"]
             )
         stages = tuple(
-            Stage(number, tuple(tuple(b) for _, b in sorted(branches.items())), is_group[number])
+            Stage(
+                number,
+                tuple(tuple(b) for _, b in sorted(branches.items())),
+                is_group[number],
+                waits.get(number),
+            )
             for number, branches in sorted(grouped.items())
         )
         stage_of = {i: position for position, s in enumerate(stages) for i in s.steps}
@@ -102,18 +113,28 @@ class Topology:
         """The steps that travel as one chain from ``start``.
 
         In a group: the rest of ``start``'s branch. Else: ``start`` and the steps after
-        it up to the next group (the whole rest, in a saga without groups).
+        it up to the next group, or up to and with the next wait (the whole rest, in a
+        saga of steps only).
         """
         stage = self.stage_of(start)
         if stage.group:
             branch = self._branch_of[start]
             return branch[branch.index(start) :]
         run = [start]
+        if stage.wait is not None:
+            return tuple(run)
         for later in self.stages[self._stage_of[start] + 1 :]:
             if later.group:
                 break
             run.extend(later.steps)
+            if later.wait is not None:
+                break
         return tuple(run)
+
+    @property
+    def waits(self) -> tuple[tuple[int, Mapping[str, Any]], ...]:
+        """The saga's wait and sleep steps, in plan order, with what each waits for."""
+        return tuple((s.steps[0], s.wait) for s in self.stages if s.wait is not None)
 
     def joins(self, index: int) -> bool:
         """Whether step ``index``'s success is a join.

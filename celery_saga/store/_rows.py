@@ -11,7 +11,7 @@ from sqlalchemy import Row
 from ..records import SagaRecord, StepRecord
 from ..status import SagaStatus, StepStatus
 
-__all__ = ["pending_step", "saga_record", "step_record", "utcnow"]
+__all__ = ["aware", "pending_step", "saga_record", "step_record", "utcnow"]
 
 
 def utcnow() -> datetime:
@@ -19,7 +19,8 @@ def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
-def _aware(value: datetime | None) -> datetime | None:
+def aware(value: datetime | None) -> datetime | None:
+    """A stored (naive UTC) timestamp as an aware one."""
     return None if value is None else value.replace(tzinfo=UTC)
 
 
@@ -37,13 +38,13 @@ def step_record(row: Row[Any]) -> StepRecord:
         kwargs=m["kwargs"],
         result=m["result"],
         error=m["error"],
-        started_at=_aware(m["started_at"]),
-        finished_at=_aware(m["finished_at"]),
+        started_at=aware(m["started_at"]),
+        finished_at=aware(m["finished_at"]),
         compensation_attempts=m["compensation_attempts"],
         compensation_error=m["compensation_error"],
-        compensation_started_at=_aware(m["compensation_started_at"]),
-        compensation_finished_at=_aware(m["compensation_finished_at"]),
-        lease_expires_at=_aware(m["lease_expires_at"]),
+        compensation_started_at=aware(m["compensation_started_at"]),
+        compensation_finished_at=aware(m["compensation_finished_at"]),
+        lease_expires_at=aware(m["lease_expires_at"]),
         attempt_errors=tuple(m["attempt_errors"] or ()),
     )
 
@@ -62,8 +63,8 @@ def pending_step(saga_id: str, step: Mapping[str, Any]) -> StepRecord:
 
 def saga_record(row: Row[Any]) -> SagaRecord:
     m = row._mapping
-    created_at = _aware(m["created_at"])
-    updated_at = _aware(m["updated_at"])
+    created_at = aware(m["created_at"])
+    updated_at = aware(m["updated_at"])
     assert created_at is not None
     assert updated_at is not None
     return SagaRecord(
@@ -77,6 +78,6 @@ def saga_record(row: Row[Any]) -> SagaRecord:
         failed_step=m["failed_step"],
         created_at=created_at,
         updated_at=updated_at,
-        finished_at=_aware(m["finished_at"]),
+        finished_at=aware(m["finished_at"]),
         recovery_error=m.get("recovery_error"),
     )

@@ -53,7 +53,7 @@ from ..errors import SagaStoreError, SagaValidationError
 from ..records import SagaRecord, StepRecord
 from ..status import SagaStatus, StepStatus
 from . import migrations
-from ._rows import pending_step, saga_record, step_record, utcnow
+from ._rows import aware, pending_step, saga_record, step_record, utcnow
 from ._statements import (
     CLAIM_COMPENSATION,
     CLAIM_COMPENSATION_RETURNING,
@@ -84,11 +84,17 @@ __all__ = [
     "FailureRecord",
     "Join",
     "SagaStore",
+    "Waiting",
     "make_engine",
     "utcnow",
 ]
 
 T = TypeVar("T")
+
+
+def _naive(value: datetime) -> datetime:
+    """A timestamp as the tables store it: naive UTC."""
+    return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo else value
 
 
 #: The most entries ``attempt_errors`` keeps on a step (the newest).
@@ -177,6 +183,15 @@ class FailureRecord:
 
     def __bool__(self) -> bool:
         return self.recorded
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """What putting a saga to wait found (see :meth:`SagaStore.enter_wait`)."""
+
+    outcome: str
+    due: datetime | None = None  #: when the wait ends on its own (aware UTC)
+    entered: bool = False  #: this call put the saga to wait
 
 
 @dataclass(frozen=True)
@@ -397,6 +412,7 @@ class SagaStore:
         status = StepStatus(row.status)
         if status == StepStatus.SUCCEEDED and row.saga_status in (
             SagaStatus.RUNNING,
+            SagaStatus.WAITING,
             SagaStatus.COMPLETED,
         ):
             return Claim(ClaimOutcome.DONE, result=row.result)
@@ -489,6 +505,137 @@ class SagaStore:
                 return Join(Completion.JOINED, results)
             connection.execute(COMPLETE_SAGA, params)
         return Join(Completion.COMPLETED, results)
+
+    # -- waits --------------------------------------------------------------------
+
+    def enter_wait(
+        self,
+        saga_id: str,
+        index: int,
+        *,
+        due: datetime | None,
+        args: Sequence[Any],
+        stage: int,
+        task: str,
+        final: bool,
+    ) -> Waiting:
+        """Put a running saga to wait at step ``index`` until ``due`` (None: a signal only).
+
+        One transaction, the saga's row locked first (as :meth:`deliver_signal` does):
+        ``waiting`` (now, or already: ``due`` is the stored one), ``recorded`` (a signal
+        kept for it resolves it at once; with ``final``, ``completed``), ``stopped``
+        (the saga is not running), ``done`` (resolved before) or ``missing``.
+        """
+        now = utcnow()
+        c = saga_steps.c
+        params = {"p_saga": saga_id, "p_now": now}
+        with self._write("put the saga to wait") as connection:
+            status = connection.execute(LOCK_SAGA, params).scalar()
+            if status is None:
+                return Waiting("missing")
+            row = connection.execute(
+                select(c.status, c.finished_at, c.lease_expires_at).where(
+                    c.saga_id == saga_id, c.idx == index
+                )
+            ).first()
+            if row is not None and row.status == StepStatus.WAITING:
+                return Waiting("waiting", aware(row.lease_expires_at))
+            if status != SagaStatus.RUNNING:
+                return Waiting("stopped")
+            if row is not None and (row.status != StepStatus.PENDING or row.finished_at is None):
+                return Waiting("done")
+            if row is None:
+                connection.execute(
+                    saga_steps.insert().values(
+                        saga_id=saga_id, idx=index, stage=stage, task=task,
+                        status=StepStatus.WAITING, attempts=1, started_at=now, args=list(args),
+                        kwargs={}, lease_expires_at=None if due is None else _naive(due),
+                        compensation_attempts=0,
+                    )
+                )  # fmt: skip
+                connection.execute(
+                    update(sagas)
+                    .where(sagas.c.id == saga_id, sagas.c.status == SagaStatus.RUNNING)
+                    .values(status=SagaStatus.WAITING, updated_at=now)
+                )
+                return Waiting("waiting", due, entered=True)
+            connection.execute(  # a signal came first: it is the stage's result
+                update(saga_steps)
+                .where(c.saga_id == saga_id, c.idx == index)
+                .values(status=StepStatus.SUCCEEDED, attempts=1, started_at=now, finished_at=now)
+            )
+            if not final:
+                return Waiting("recorded")
+            connection.execute(COMPLETE_SAGA, params)
+        return Waiting("completed")
+
+    def resolve_wait(
+        self,
+        saga_id: str,
+        index: int,
+        *,
+        step_status: StepStatus,
+        saga_status: SagaStatus,
+        result: Any = None,
+        error: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """End the wait at step ``index`` if the saga still waits there (False: it did not).
+
+        The step becomes ``step_status`` with ``result`` or ``error``, the saga
+        ``saga_status`` (with ``error``, when given, as the saga's).
+        """
+        now = utcnow()
+        c = saga_steps.c
+        saga_values: dict[str, Any] = {"status": saga_status, "updated_at": now}
+        if error is not None:
+            saga_values.update(error=dict(error), failed_step=index)
+        if saga_status.is_terminal:
+            saga_values["finished_at"] = now
+        with self._write("end the wait") as connection:
+            connection.execute(LOCK_SAGA, {"p_saga": saga_id})
+            ended = connection.execute(
+                update(saga_steps)
+                .where(c.saga_id == saga_id, c.idx == index, c.status == StepStatus.WAITING)
+                .values(
+                    status=step_status,
+                    result=result,
+                    finished_at=now,
+                    lease_expires_at=None,
+                    error=None if error is None else dict(error),
+                )
+            ).rowcount
+            if ended != 1:
+                connection.rollback()
+                return False
+            connection.execute(
+                update(sagas)
+                .where(sagas.c.id == saga_id, sagas.c.status == SagaStatus.WAITING)
+                .values(**saga_values)
+            )
+        return True
+
+    def keep_signal(self, saga_id: str, index: int, payload: Any, *, stage: int, task: str) -> bool:
+        """Keep a signal for the wait at step ``index`` the saga has not reached yet.
+
+        Its row is made ``PENDING`` with the payload as its result. False: the row
+        exists already (a signal was kept, or the saga got there meanwhile).
+        """
+        now = utcnow()
+        c = saga_steps.c
+        with self._write("keep the signal") as connection:
+            connection.execute(LOCK_SAGA, {"p_saga": saga_id})
+            if connection.execute(
+                select(c.idx).where(c.saga_id == saga_id, c.idx == index)
+            ).first():
+                return False
+            connection.execute(
+                saga_steps.insert().values(
+                    saga_id=saga_id, idx=index, stage=stage, task=task,
+                    status=StepStatus.PENDING, attempts=0, result=payload, finished_at=now,
+                    compensation_attempts=0,
+                )
+            )  # fmt: skip
+        return True
 
     def fail_step(
         self,
@@ -743,17 +890,28 @@ class SagaStore:
             )
 
     def cancel_saga(self, saga_id: str, error: Mapping[str, Any]) -> bool:
-        """Stop a running saga: no step may be claimed from now on; it is to be undone.
+        """Stop a running (or waiting) saga: no step may be claimed from now on.
 
-        Moves it to ``COMPENSATING`` with ``error``; returns False if it was not running.
+        Moves it to ``COMPENSATING`` with ``error`` (a wait it was at goes back to
+        ``PENDING``: never reached its end); returns False if it was not running.
         """
         now = utcnow()
-        with self._write_one("cancel the saga") as connection:
+        running = [SagaStatus.RUNNING, SagaStatus.WAITING]
+        with self._write("cancel the saga") as connection:
             cancelled = connection.execute(
                 update(sagas)
-                .where(sagas.c.id == saga_id, sagas.c.status == SagaStatus.RUNNING)
+                .where(sagas.c.id == saga_id, sagas.c.status.in_(running))
                 .values(status=SagaStatus.COMPENSATING, error=dict(error), updated_at=now)
             )
+            if cancelled.rowcount == 1:
+                connection.execute(
+                    update(saga_steps)
+                    .where(
+                        saga_steps.c.saga_id == saga_id,
+                        saga_steps.c.status == StepStatus.WAITING,
+                    )
+                    .values(status=StepStatus.PENDING, lease_expires_at=None)
+                )
         return cancelled.rowcount == 1
 
     def reopen_failed_compensations(self, saga_id: str) -> list[int]:
@@ -846,19 +1004,21 @@ class SagaStore:
     def unfinished_sagas(self, created_before: datetime, limit: int) -> list[SagaRecord]:
         """Sagas still running or compensating that the recovery sweep should look at.
 
-        Those with a step or compensation whose lease ran out (its worker died), however
-        young, first; then those stored before ``created_before``, oldest first.
+        Those with a step or compensation whose lease ran out (its worker died), or a
+        wait that is due, however young, first; then those stored before
+        ``created_before``, oldest first.
         """
         c = saga_steps.c
-        lost = exists().where(
+        lost = exists().where(  # or a wait that is due
             c.saga_id == sagas.c.id,
-            c.status.in_([StepStatus.RUNNING, StepStatus.COMPENSATING]),
+            c.status.in_([StepStatus.RUNNING, StepStatus.COMPENSATING, StepStatus.WAITING]),
             c.lease_expires_at < utcnow(),
         )
+        unfinished = [SagaStatus.RUNNING, SagaStatus.COMPENSATING, SagaStatus.WAITING]
         query = (
             select(sagas)
             .where(
-                sagas.c.status.in_([SagaStatus.RUNNING, SagaStatus.COMPENSATING]),
+                sagas.c.status.in_(unfinished),
                 or_(sagas.c.created_at < created_before.replace(tzinfo=None), lost),
             )
             .order_by(case((lost, 0), else_=1), sagas.c.created_at)

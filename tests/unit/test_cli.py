@@ -262,7 +262,8 @@ def test_illegal_transitions_are_refused(env: SagaEnv, sagas: Sagas) -> None:
     cases = [
         ("resume", sagas.completed,
          "is COMPLETED: only a RUNNING or COMPENSATING saga can be resumed"),
-        ("cancel", sagas.completed, "is COMPLETED: only a RUNNING saga can be cancelled"),
+        ("cancel", sagas.completed,
+         "is COMPLETED: only a RUNNING or WAITING saga can be cancelled"),
         ("retry-compensation", sagas.compensated,
          "is COMPENSATED: only a FAILED saga can be retried"),
     ]  # fmt: skip

@@ -27,12 +27,16 @@ EXPECTED = [
     "StepContext",
     "StepRecord",
     "StepStatus",
+    "Wait",
     "current_step",
     "install",
     "purge",
     "recover",
     "saga",
     "saga_step",
+    "signal",
+    "sleep",
+    "wait_for",
 ]
 
 
