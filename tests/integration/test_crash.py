@@ -12,11 +12,12 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from celery import group
 
-from celery_saga import SagaCompensated, SagaStatus, StepStatus, recover
+from celery_saga import SagaCompensated, SagaStatus, StepStatus, recover, sleep, wait_for
 from tests.scenarios import new_id
 from tests.support.envs import ROOT, broker_env, worker_process
 from tests.support.services import REDIS_URL, require
@@ -187,6 +188,64 @@ def test_member_killed_mid_group_runs_again_and_the_group_joins(
     assert value["args"][0] == [{"tag": t, "args": [{"tag": "a", "args": []}]} for t in "bc"]
     assert [s.attempts for s in result.steps] == [1, 2, 2, 1]
     assert env.ledger.count("do", "e", result.id) == 1
+
+
+def _kill_while_waiting(env: Any, result: Any, worker: subprocess.Popen[bytes]) -> None:
+    _wait(lambda: result.status is SagaStatus.WAITING)
+    os.killpg(worker.pid, signal.SIGKILL)  # it held the wake-up's countdown message
+    worker.wait()
+
+
+def test_wait_timeout_fires_after_the_worker_was_killed(
+    postgres_url: str, worker_logs: Path
+) -> None:
+    """kill -9 while a saga waits: its timeout is in the store, so the sweep fires it on
+    time on a new worker (Redis would give the killed worker's countdown back in an hour)."""
+    require("redis")
+    queue = f"wait-{uuid.uuid4().hex[:8]}"
+    with broker_env("wait", REDIS_URL, postgres_url, postgres_url, queue) as env:
+        with worker_process(
+            REDIS_URL, postgres_url, postgres_url, queue, worker_logs / "wait-first.log"
+        ) as worker:
+            result = env.saga(
+                env.sig("act", tag="a"), wait_for("approved", timeout=3), env.sig("act", tag="b")
+            ).apply_async(saga_id=new_id())
+            _kill_while_waiting(env, result, worker)
+        with worker_process(
+            REDIS_URL, postgres_url, postgres_url, queue, worker_logs / "wait-again.log"
+        ):
+            _wait(lambda: recover(env.app, result.id, stalled_after=3600)[0].action == "timeout")
+            with pytest.raises(SagaCompensated, match="no signal 'approved'"):
+                result.get(timeout=30)
+    assert [e.tag for e in env.ledger.entries(result.id, "undo")] == ["a"]
+
+
+def test_sleep_across_a_worker_restart_sleeps_only_what_is_left(
+    postgres_url: str, worker_logs: Path
+) -> None:
+    """A saga sleeping 4 s whose worker is killed and replaced wakes 4 s after it fell
+    asleep, not 4 s after the restart."""
+    require("redis")
+    queue = f"sleep-{uuid.uuid4().hex[:8]}"
+    with broker_env("sleep", REDIS_URL, postgres_url, postgres_url, queue) as env:
+        with worker_process(
+            REDIS_URL, postgres_url, postgres_url, queue, worker_logs / "sleep-first.log"
+        ) as worker:
+            result = env.saga(
+                env.sig("act", tag="a"), sleep(4), env.sig("act", tag="b")
+            ).apply_async(saga_id=new_id())
+            _kill_while_waiting(env, result, worker)
+        asleep = result.steps[1].started_at
+        assert asleep is not None
+        time.sleep(2)  # the restart takes a while
+        with worker_process(
+            REDIS_URL, postgres_url, postgres_url, queue, worker_logs / "sleep-again.log"
+        ):
+            _wait(lambda: recover(env.app, result.id, stalled_after=3600)[0].action == "wake")
+            assert result.get(timeout=30)["tag"] == "b"
+    woke = result.steps[1].finished_at
+    assert woke is not None
+    assert 4.0 <= (woke - asleep).total_seconds() < 6.0
 
 
 def test_killed_step_runs_again_within_a_minute_with_the_defaults(
