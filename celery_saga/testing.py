@@ -518,6 +518,18 @@ class Faults:
         get_store(self.app).expire_leases(saga_id)
         return recover(self.app, saga_id, stalled_after=0)
 
+    def fast_forward(self, saga_id: str | None = None) -> list[Recovery]:
+        """End the sleeps, and the timeouts of the waits, of ``saga_id`` (or of every saga) now.
+
+        Then runs the recovery sweep, which wakes them: a ``sleep(3600)`` or a
+        ``wait_for(..., timeout=86400)`` is tested without waiting. (A signal is sent as
+        in production: ``result.signal(name, payload)``.) Returns what recovery did.
+
+        .. versionadded:: 0.2
+        """
+        get_store(self.app).expire_waits(saga_id)
+        return recover(self.app, saga_id, stalled_after=0)
+
     def clear(self) -> None:
         """Remove every fault (what they struck stays on the :class:`Fault` objects)."""
         with self._lock:

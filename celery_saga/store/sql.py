@@ -993,6 +993,20 @@ class SagaStore:
             )
         return expired.rowcount
 
+    def expire_waits(self, saga_id: str | None = None) -> int:
+        """Make the timed waits and sleeps due now (for tests: no sleeping through them).
+
+        :meth:`celery_saga.testing.Faults.fast_forward`; returns how many it made due.
+        """
+        c = saga_steps.c
+        now = utcnow()
+        where = [c.status == StepStatus.WAITING, c.lease_expires_at > now]
+        if saga_id is not None:
+            where.append(c.saga_id == saga_id)
+        with self._write_one("fast-forward the waits") as connection:
+            due = connection.execute(update(saga_steps).where(*where).values(lease_expires_at=now))
+        return due.rowcount
+
     # -- reading ------------------------------------------------------------------
 
     def get_saga(self, saga_id: str) -> SagaRecord | None:

@@ -21,6 +21,7 @@ from celery import chain, group
 from celery.bin.base import CLIContext
 from click.testing import CliRunner, Result
 
+import celery_saga
 from celery_saga import SagaCompensated, SagaFailed, SagaResult, SagaStatus, StepStatus
 from celery_saga._runtime import get_store
 from celery_saga.cli import parse_duration, saga
@@ -173,6 +174,23 @@ def test_show_draws_a_group_side_by_side(env: SagaEnv) -> None:
         "└─ 4 shop.act",
     ]
     assert drawn[2].startswith("│  ├─ 1 shop.act  COMPENSATED  1 attempt  ")
+
+
+def test_signal_ends_a_wait_with_the_data_as_payload(env: SagaEnv) -> None:
+    """`signal ID NAME --data JSON` ends the saga's wait; bad JSON or a second one is an error."""
+    result = env.saga(
+        env.sig("act", tag="a"), celery_saga.wait_for("approved"), env.sig("act", tag="b")
+    ).apply_async(saga_id=f"cli-{uuid.uuid4().hex}")
+    wait_for(env, result.id, SagaStatus.WAITING)
+    bad = run(env, "signal", result.id, "approved", "--data", "{not json")
+    assert bad.exit_code != 0
+    assert "not JSON" in bad.output
+    said = ok(env, "signal", result.id, "approved", "--data", '{"by": "alice"}')
+    assert said.strip() == f"saga {result.id}: signal 'approved' received; the saga goes on"
+    assert result.get(timeout=TIMEOUT)["args"] == [{"by": "alice"}]
+    again = run(env, "signal", result.id, "approved")
+    assert again.exit_code == 1
+    assert "COMPLETED" in again.output
 
 
 def test_show_a_failed_saga_gives_the_compensation_error(env: SagaEnv, sagas: Sagas) -> None:

@@ -257,3 +257,24 @@ def test_fault_on_a_group_member_undoes_its_siblings(
     with pytest.raises(SagaCompensated):
         result.get(timeout=10)
     assert sorted(actions()) == [("do", "b"), ("undo", "b")]
+
+
+def test_fast_forward_ends_a_long_sleep_and_a_wait_timeout(
+    saga_app: Celery, saga_worker: Any, saga_faults: Faults
+) -> None:
+    """fast_forward() wakes an hour's sleep and times out a day's wait at once."""
+    act = saga_app.signature("kit.act", args=("a",), immutable=True)
+    sleeping = celery_saga.saga(act, celery_saga.sleep(3600), name="kit", app=saga_app)
+    waiting = celery_saga.saga(
+        act, celery_saga.wait_for("ok", timeout=86400), name="kit", app=saga_app
+    )
+    slept, waited = sleeping.apply_async(), waiting.apply_async()
+    deadline = time.monotonic() + 10
+    while {slept.status, waited.status} != {SagaStatus.WAITING}:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    plans = saga_faults.fast_forward()
+    assert {(p.saga_id, p.action) for p in plans} >= {(slept.id, "wake"), (waited.id, "timeout")}
+    assert slept.get(timeout=10) == "a"
+    with pytest.raises(SagaCompensated, match="no signal 'ok'"):
+        waited.get(timeout=10)
