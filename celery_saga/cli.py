@@ -42,11 +42,13 @@ _MAX_VALUE = 200  # characters of a result or error shown by ``show`` (``--json`
 _COLOURS = {
     SagaStatus.COMPLETED: "green",
     SagaStatus.RUNNING: "cyan",
+    SagaStatus.WAITING: "blue",
     SagaStatus.COMPENSATING: "yellow",
     SagaStatus.COMPENSATED: "yellow",
     SagaStatus.FAILED: "red",
     StepStatus.SUCCEEDED: "green",
     StepStatus.RUNNING: "cyan",
+    StepStatus.WAITING: "blue",
     StepStatus.FAILED: "red",
     StepStatus.TIMED_OUT: "red",
     StepStatus.COMPENSATING: "yellow",

@@ -102,3 +102,21 @@ def checkout(order_id: str, amount: int, skus: list[str]) -> celery_saga.Saga:
         create_order.s(order_id),
         name="checkout",
     )
+
+
+@saga_step
+@app.task
+def release_order(approval: dict[str, Any], order_id: str) -> dict[str, Any]:
+    """After a person approved a large order: gets the approval signal's payload."""
+    print(f"released {order_id}, approved by {approval['by']}")
+    return {"order_id": order_id, "approved_by": approval["by"]}
+
+
+def big_order(order_id: str, amount: int, approval_timeout: float) -> celery_saga.Saga:
+    """A large order waits for a person's approval; without one in time it is refunded."""
+    return celery_saga.saga(
+        charge_payment.s(order_id, amount),
+        celery_saga.wait_for("approved", timeout=approval_timeout, on_timeout="compensate"),
+        release_order.s(order_id),
+        name="big-order",
+    )

@@ -53,6 +53,21 @@ def test_demo_runs_as_written(tmp_path: Path) -> None:
     assert not [path for path in tmp_path.iterdir() if path.is_dir()]  # no control/ folder
 
 
+def test_approval_example_runs_as_written(tmp_path: Path) -> None:
+    """examples/approval.py: one large order approved by a signal, one refunded at its timeout."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "approval.py")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    assert re.search(r"saga big-\w+-1 is WAITING: no worker is busy with it", out)
+    assert "'approved_by': 'alice'" in out
+    assert re.search(r"saga big-\w+-2: COMPENSATED", out)
+    assert "WaitTimedOut" in out
+
+
 def test_missing_service_skips_locally(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without CI, an unreachable service skips its tests and says why."""
     monkeypatch.setitem(services.SERVICES, "redis", ("127.0.0.1", 1))
