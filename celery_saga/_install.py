@@ -11,6 +11,7 @@ from celery.signals import worker_ready
 from .compensation import register_tasks
 from .config import recovery_interval
 from .errors import SagaConfigurationError
+from .parking import connect_parking
 from .recovery import RECOVER_TASK, register_recovery_task
 from .retention import add_purge_schedule, register_purge_task
 from .step import bind_steps
@@ -107,6 +108,7 @@ def install(app: Celery) -> Celery:
     register_tasks(app)
     register_recovery_task(app)
     register_wait_task(app)
+    connect_parking()
     register_purge_task(app)
     add_purge_schedule(app)
     app.on_after_finalize.connect(_on_after_finalize, sender=app, weak=False)

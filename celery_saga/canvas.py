@@ -41,12 +41,14 @@ class Saga:
         app: Celery | None = None,
         deadline: float | None = None,
         fail_fast: bool = False,
+        version: str | None = None,
     ) -> None:
         self.steps = tuple(steps)
         self.name = name
         self._app = app
         self.deadline = deadline
         self.fail_fast = fail_fast
+        self.version = version
 
     @property
     def app(self) -> Celery:
@@ -61,7 +63,9 @@ class Saga:
 
     def plan(self) -> SagaPlan:
         """Check the steps and return the plan that :meth:`apply_async` would store."""
-        return build_plan(self.app, self.steps, self.name, self.deadline, self.fail_fast)
+        return build_plan(
+            self.app, self.steps, self.name, self.deadline, self.fail_fast, self.version
+        )
 
     def apply_async(self, saga_id: str | None = None) -> SagaResult:
         """Store the saga and send its first step.
@@ -99,6 +103,7 @@ class Saga:
             "plan": stored,
             "plan_hash": plan.hash,
             "step_count": len(plan.steps),
+            "version": plan.version,
             "created_at": now,
             "updated_at": now,
         }
@@ -131,6 +136,7 @@ def saga(
     app: Celery | None = None,
     deadline: float | None = None,
     fail_fast: bool = False,
+    version: str | None = None,
 ) -> Saga:
     """Describe a saga: steps run in order; on a step's failure the ones before are undone.
 
@@ -147,8 +153,11 @@ def saga(
         fail_fast: when a group member fails for good, revoke its siblings still
             running (best effort) instead of letting them finish; either way every
             member that succeeded is compensated.
+        version: your name for this definition of the saga (``"2"``), kept with it:
+            ``celery saga list --version`` finds it, ``show`` prints it. A saga always
+            runs the plan it was stored with, whatever is deployed later.
 
     .. versionadded:: 0.1
-    .. versionchanged:: 0.2 ``group(...)`` stages and ``fail_fast``.
+    .. versionchanged:: 0.2 ``group(...)`` and wait stages, ``fail_fast``, ``version``.
     """
-    return Saga(steps, name=name, app=app, deadline=deadline, fail_fast=fail_fast)
+    return Saga(steps, name=name, app=app, deadline=deadline, fail_fast=fail_fast, version=version)

@@ -194,6 +194,10 @@ def saga() -> None:
     "--status", "statuses", type=STATUS, multiple=True, help="Only this status (repeatable)."
 )
 @click.option("--name", help="Only sagas of this name.")
+@click.option("--version", "version", help="Only sagas started with saga(..., version=).")
+@click.option(
+    "--parked", is_flag=True, help="Only sagas waiting for a worker that has one of their tasks."
+)
 @click.option("--older-than", type=DURATION, help="Started longer ago than this (7d, 2h).")
 @click.option("--newer-than", type=DURATION, help="Started within this (30m).")
 @click.option("--limit", type=click.IntRange(1, 10000), default=50, show_default=True)
@@ -203,6 +207,8 @@ def list_(
     ctx: click.Context,
     statuses: Sequence[str],
     name: str | None,
+    version: str | None,
+    parked: bool,
     older_than: timedelta | None,
     newer_than: timedelta | None,
     limit: int,
@@ -214,6 +220,8 @@ def list_(
     records = get_store(_app(ctx)).list_sagas(
         statuses=[SagaStatus(s.upper()) for s in statuses],
         name=name,
+        version=version,
+        parked=parked,
         created_before=None if older_than is None else now - older_than,
         created_after=None if newer_than is None else now - newer_than,
         limit=limit,
@@ -272,12 +280,15 @@ def show(ctx: click.Context, saga_id: str, as_json: bool) -> None:
 def render_saga(record: SagaRecord, steps: Sequence[StepRecord]) -> list[str]:
     """The human-readable tree ``celery saga show`` prints."""
     status = click.style(record.status.value, fg=_COLOURS.get(record.status), bold=True)
-    lines = [f"saga {record.id}  {record.name}  {status}"]
+    version = "" if record.version is None else f"  version {record.version}"
+    lines = [f"saga {record.id}  {record.name}{version}  {status}"]
     when = f"  started {_time(record.created_at)}"
     if record.finished_at is not None:
         when += f", ended {_time(record.finished_at)} ({_seconds(record.duration)})"
     lines.append(when)
     lines += ["  " + click.style(f"why: {why}", fg="red") for why in _why(record, steps)]
+    if record.parked and not record.status.is_terminal:
+        lines.append("  " + click.style(f"parked: {record.parked.get('message', '')}", fg="yellow"))
     if record.recovery_error:
         noted = record.recovery_error
         text = f"recovery failed {noted.get('at', '')}: {noted.get('message', '')}"

@@ -17,6 +17,7 @@ setting                           default                           meaning
 ``saga_recovery_batch``           ``500``                           sagas looked at per sweep
 ``saga_recovery_interval``        ``30``                            seconds between beat's sweeps
 ``saga_result_expires``           ``604800`` (7 days)               purge finished sagas this old
+``saga_park_retry``               ``30``                            resend a parked saga's message
 ================================= ================================= ================================
 
 ``saga_redact`` is a callable ``redact(step, field, value)`` (or its ``"module:name"``):
@@ -75,6 +76,7 @@ class SagaConfig:
     recovery_batch: int = 500
     recovery_interval: float | None = 30.0
     result_expires: float | None = 7 * 24 * 3600.0
+    park_retry: float = 30.0
 
     @classmethod
     def from_conf(cls, conf: Mapping[str, Any]) -> SagaConfig:
@@ -127,6 +129,7 @@ class SagaConfig:
             recovery_batch=int(number("recovery_batch", defaults.recovery_batch, minimum=1.0)),
             recovery_interval=recovery_interval(conf),
             result_expires=_expires(conf, defaults.result_expires),
+            park_retry=number("park_retry", defaults.park_retry, minimum=0.1),
         )
 
 

@@ -24,7 +24,7 @@ from ._values import json_problem, unstorable
 from .config import get_config
 from .definition import original_run, step_definition
 from .errors import SagaConfigurationError, SagaValidationError
-from .store.schema import NAME_LENGTH
+from .store.schema import NAME_LENGTH, VERSION_LENGTH
 from .waits import WAIT_TASK, Wait
 
 __all__ = ["PLAN_VERSION", "SagaPlan", "build_plan"]
@@ -50,6 +50,7 @@ class SagaPlan:
     steps: tuple[Mapping[str, Any], ...]
     deadline: float | None = None
     fail_fast: bool = False
+    version: str | None = None  #: ``saga(..., version=)``: kept with the plan
 
     def as_json(self) -> dict[str, Any]:
         """The stored form."""
@@ -60,6 +61,8 @@ class SagaPlan:
         }
         if self.deadline is not None:  # only when set: older plans keep their hash
             stored["deadline"] = self.deadline
+        if self.version is not None:
+            stored["saga_version"] = self.version
         if any("branch" in step or "wait" in step for step in self.steps):  # groups, waits
             stored["version"] = PLAN_VERSION
             if self.fail_fast:
@@ -301,6 +304,7 @@ def build_plan(
     name: str,
     deadline: float | None = None,
     fail_fast: bool = False,
+    version: str | None = None,
 ) -> SagaPlan:
     """Check the steps and describe them as a plan; raise before anything is stored."""
     if not isinstance(name, str) or not name or len(name) > NAME_LENGTH:
@@ -312,6 +316,12 @@ def build_plan(
         isinstance(deadline, bool) or not isinstance(deadline, int | float) or deadline <= 0
     ):
         raise SagaValidationError(f"deadline= takes seconds > 0, got {deadline!r}")
+    if version is not None and (
+        not isinstance(version, str) or not version or len(version) > VERSION_LENGTH
+    ):
+        raise SagaValidationError(
+            f"version= takes a string of 1 to {VERSION_LENGTH} characters, got {version!r}"
+        )
     if not isinstance(fail_fast, bool):
         raise SagaValidationError(f"fail_fast= takes True or False, got {fail_fast!r}")
     stages = _stages(signatures)
@@ -337,4 +347,5 @@ def build_plan(
         steps=tuple(steps),
         deadline=None if deadline is None else float(deadline),
         fail_fast=fail_fast,
+        version=version,
     )

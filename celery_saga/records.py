@@ -71,9 +71,12 @@ class SagaRecord:
 
     ``recovery_error`` is the recovery sweep's last error with this saga
     (``{"type", "message", "at"}``): it could not carry out what the saga needed.
+    ``version`` is what ``saga(..., version=)`` gave. ``parked`` says why the saga waits
+    for a worker that has one of its tasks (``{"task", "version", "worker", "message",
+    "at"}``; None when it does not).
 
     .. versionadded:: 0.1
-    .. versionchanged:: 0.2 ``recovery_error``.
+    .. versionchanged:: 0.2 ``recovery_error``, ``version``, ``parked``.
     """
 
     id: str
@@ -88,6 +91,8 @@ class SagaRecord:
     updated_at: datetime
     finished_at: datetime | None
     recovery_error: dict[str, Any] | None = None
+    version: str | None = None
+    parked: dict[str, Any] | None = None
 
     @property
     def duration(self) -> float | None:

@@ -38,6 +38,9 @@ signal                          payload       sent when (and where)
 ``signal_received``             StepEvent     a signal reached its wait (``reason``: its
                                               name; "kept" when the saga is not there yet)
 ``wait_timed_out``              StepEvent     a ``wait_for`` timed out (``error`` says so)
+``saga_parked``                 StepEvent     a worker lacks the step's task (``reason``
+                                              names it and the saga's version); the
+                                              message is sent again later
 ==============================  ============  ==========================================
 
 The sender is the saga's name for saga events, the step's task name for step events and
@@ -67,6 +70,7 @@ __all__ = [
     "saga_completed",
     "saga_failed",
     "saga_not_found",
+    "saga_parked",
     "saga_started",
     "saga_waiting",
     "signal_received",
@@ -131,6 +135,7 @@ compensation_failed = Signal(name="compensation_failed")
 #: A step message for a saga this worker's store does not know (another store?).
 saga_not_found = Signal(name="saga_not_found")
 saga_waiting = Signal(name="saga_waiting")
+saga_parked = Signal(name="saga_parked")
 signal_received = Signal(name="signal_received")
 wait_timed_out = Signal(name="wait_timed_out")
 

@@ -297,6 +297,8 @@ class _StepShell:
                 self.drop(Drop("done"))
             return self.carry_out(move)
         self.attempt = claim.attempt
+        if self.task.request.get(HEADER, {}).get("k"):  # it was parked: a worker has it now
+            self.guard(lambda: self.store.park(d.saga_id, None))
         with held(self.app, (d.saga_id, d.index, token)):
             return self.attempt_body(original, token)
 

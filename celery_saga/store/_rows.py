@@ -80,4 +80,6 @@ def saga_record(row: Row[Any]) -> SagaRecord:
         updated_at=updated_at,
         finished_at=aware(m["finished_at"]),
         recovery_error=m.get("recovery_error"),
+        version=m.get("version"),
+        parked=m.get("parked"),
     )

@@ -124,11 +124,28 @@ def _v3_recovery_error(op: Operations) -> None:
     )
 
 
+def _v4_versions_and_parking(op: Operations) -> None:
+    op.add_column(
+        "celery_sagas",
+        Column("version", String(64), nullable=True, comment="saga(..., version=)"),
+    )
+    op.add_column(
+        "celery_sagas",
+        Column(
+            "parked",
+            json_type(),
+            nullable=True,
+            comment="why the saga waits for a worker that has one of its tasks",
+        ),
+    )
+
+
 #: Migration ``n`` (1-based) brings the schema from version ``n - 1`` to ``n``.
 MIGRATIONS: tuple[Callable[[Operations], None], ...] = (
     _v1_initial,
     _v2_attempt_errors,
     _v3_recovery_error,
+    _v4_versions_and_parking,
 )
 
 assert len(MIGRATIONS) == SCHEMA_VERSION, "every schema version needs its migration"

@@ -25,11 +25,12 @@ from sqlalchemy.types import TypeEngine
 __all__ = ["SCHEMA_VERSION", "metadata", "saga_schema", "saga_steps", "sagas"]
 
 #: The version :func:`celery_saga.store.migrations.upgrade` brings a database to.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 ID_LENGTH = 255
 NAME_LENGTH = 255
 STATUS_LENGTH = 24
+VERSION_LENGTH = 64
 
 
 def json_type() -> TypeEngine[Any]:
@@ -71,6 +72,13 @@ sagas = Table(
         json_type(),
         nullable=True,
         comment="the recovery sweep's last error with this saga",
+    ),
+    Column("version", String(VERSION_LENGTH), nullable=True, comment="saga(..., version=)"),
+    Column(
+        "parked",
+        json_type(),
+        nullable=True,
+        comment="why the saga waits for a worker that has one of its tasks",
     ),
     Index("ix_celery_sagas_status_created", "status", "created_at"),
     Index("ix_celery_sagas_created", "created_at"),

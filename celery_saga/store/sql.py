@@ -43,6 +43,7 @@ from sqlalchemy import (
     delete,
     exists,
     func,
+    null,
     or_,
     select,
     update,
@@ -965,6 +966,15 @@ class SagaStore:
             )
         return ended.rowcount == 1
 
+    def park(self, saga_id: str, note: Mapping[str, Any] | None) -> None:
+        """Note why the saga waits for a worker that has one of its tasks (None: it does not)."""
+        with self._write_one("note the parked saga") as connection:
+            connection.execute(
+                update(sagas)
+                .where(sagas.c.id == saga_id)
+                .values(parked=null() if note is None else dict(note))  # SQL NULL, not JSON
+            )
+
     def note_recovery_error(self, saga_id: str, error: Mapping[str, Any]) -> None:
         """Keep on the saga what the recovery sweep could not do with it."""
         with self._write_one("record the recovery error") as connection:
@@ -1050,9 +1060,18 @@ class SagaStore:
         created_after: datetime | None = None,
         limit: int = 50,
         offset: int = 0,
+        version: str | None = None,
+        parked: bool = False,
     ) -> list[SagaRecord]:
-        """Sagas matching the filters, newest first, one page of at most ``limit``."""
+        """Sagas matching the filters, newest first, one page of at most ``limit``.
+
+        ``parked``: only those waiting for a worker that has one of their tasks.
+        """
         conditions: list[ColumnElement[bool]] = []
+        if version is not None:
+            conditions.append(sagas.c.version == version)
+        if parked:
+            conditions.append(sagas.c.parked.is_not(None))
         if statuses:
             conditions.append(sagas.c.status.in_([SagaStatus(s).value for s in statuses]))
         if name is not None:

@@ -17,7 +17,9 @@ from typing import Any
 import pytest
 from celery import group
 
+import celery_saga
 from celery_saga import SagaCompensated, SagaStatus, StepStatus, recover, sleep, wait_for
+from celery_saga._runtime import get_store
 from tests.scenarios import new_id
 from tests.support.envs import ROOT, broker_env, worker_process
 from tests.support.services import REDIS_URL, require
@@ -246,6 +248,43 @@ def test_sleep_across_a_worker_restart_sleeps_only_what_is_left(
     woke = result.steps[1].finished_at
     assert woke is not None
     assert 4.0 <= (woke - asleep).total_seconds() < 6.0
+
+
+def test_worker_without_a_task_parks_the_saga_until_one_with_it_comes(
+    postgres_url: str, worker_logs: Path
+) -> None:
+    """A worker of another deploy, without a step's task, does not drop the message: the
+    saga is parked (which task, which version, which worker) and a worker that has the task
+    finishes it, the saga run with the plan it was stored with."""
+    require("redis")
+    queue = f"park-{uuid.uuid4().hex[:8]}"
+    old = {"SAGA_TEST_WITHOUT": "shop.note", "SAGA_TEST_CONF": json.dumps({"saga_park_retry": 0.5})}
+    with broker_env("park", REDIS_URL, postgres_url, postgres_url, queue) as env:
+        saga = env.saga(env.sig("act", tag="a"), env.sig("note", tag="n"), name="parked")
+        result = celery_saga.saga(*saga.steps, name="parked", app=env.app, version="1")
+        started = result.apply_async(saga_id=new_id())
+        with worker_process(
+            REDIS_URL, postgres_url, postgres_url, queue, worker_logs / "park-old.log",
+            extra_env=old,
+        ):  # fmt: skip
+            _wait(lambda: started.record is not None and started.record.parked is not None)
+            record = started.record
+            assert record is not None
+            assert record.parked is not None
+            assert record.version == "1"
+            assert (record.parked["task"], record.parked["version"]) == ("shop.note", "1")
+            assert f"is not registered on {queue}@" in record.parked["message"]
+            parked = get_store(env.app).list_sagas(parked=True, version="1")
+            assert [s.id for s in parked] == [started.id]
+        assert started.status is SagaStatus.RUNNING
+        with worker_process(
+            REDIS_URL, postgres_url, postgres_url, queue, worker_logs / "park-new.log"
+        ):
+            assert started.get(timeout=30) == "n"
+        record = started.record
+        assert record is not None
+        assert record.parked is None
+    assert env.ledger.count("do", "n", started.id) == 1
 
 
 def test_killed_step_runs_again_within_a_minute_with_the_defaults(

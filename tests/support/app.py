@@ -240,11 +240,18 @@ def make_app(
 
 
 def app_from_env() -> Celery:
-    """The app of a worker process, from the SAGA_TEST_* environment variables."""
-    return make_app(
+    """The app of a worker process, from the SAGA_TEST_* environment variables.
+
+    ``SAGA_TEST_WITHOUT``: task names (comma-separated) this worker does not have, as an
+    older or newer deploy would not.
+    """
+    app = make_app(
         broker=os.environ["SAGA_TEST_BROKER"],
         store_url=os.environ["SAGA_TEST_STORE"],
         ledger_url=os.environ["SAGA_TEST_LEDGER"],
         queue=os.environ.get("SAGA_TEST_QUEUE", "celery"),
         **json.loads(os.environ.get("SAGA_TEST_CONF", "{}")),
     )
+    for name in filter(None, os.environ.get("SAGA_TEST_WITHOUT", "").split(",")):
+        app.tasks.unregister(name)
+    return app

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+import celery_saga
 from celery_saga import (
     SagaCompensated,
     SagaNotFound,
@@ -43,9 +44,14 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SagaEnv]:
 
 @pytest.fixture
 def lose_messages(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], None]:
-    """Make Saga.apply_async send nothing ("none") or only its first step ("first")."""
+    """Make Saga.apply_async send nothing ("none") or only its first step ("first");
+    "all" puts it back."""
 
     def lose(what: str) -> None:
+        if what == "all":  # send everything again
+            monkeypatch.undo()
+            return
+
         def publish(app: Any, saga_id: str, plan: Any, start: int = 0, **kw: Any) -> None:
             if what == "first":  # the first step's message, without the rest of the chain
                 dispatch.step_signatures(app, saga_id, plan, start, **kw)[0].apply_async()
@@ -298,3 +304,28 @@ def test_saga_stored_before_groups_finishes_after_the_upgrade(env: SagaEnv) -> N
     value = result.get(timeout=TIMEOUT)
     assert value["tag"] == "c"
     assert value["args"][0]["args"][0] == {"tag": "a", "args": ["o-1"]}
+
+
+def test_saga_of_version_1_finishes_its_own_plan_after_version_2_is_out(
+    env: SagaEnv, lose_messages: Callable[[str], None]
+) -> None:
+    """A saga stored as version "1" runs the plan it was stored with once "2" (another
+    step list, same name) is what producers start; the store tells the versions apart."""
+    lose_messages("first")
+    first = celery_saga.saga(
+        env.sig("act", tag="a"), env.sig("act", tag="b"), name="order", app=env.app, version="1"
+    ).apply_async(saga_id=new_id())
+    _wait_for(first, 0, StepStatus.SUCCEEDED)
+    lose_messages("all")  # producers send everything again
+    second = celery_saga.saga(
+        env.sig("act", tag="a"), env.sig("act", tag="c"), env.sig("act", tag="d"),
+        name="order", app=env.app, version="2",
+    ).apply_async(saga_id=new_id())  # fmt: skip
+    assert second.get(timeout=TIMEOUT)["tag"] == "d"
+    recover(env.app, first.id, stalled_after=0)
+    assert first.get(timeout=TIMEOUT)["tag"] == "b"
+    assert [e.tag for e in env.ledger.entries(first.id, "do")] == ["a", "b"]
+    store = get_store(env.app)
+    assert [s.id for s in store.list_sagas(name="order", version="1")] == [first.id]
+    assert first.record is not None
+    assert (first.record.version, first.record.plan["saga_version"]) == ("1", "1")
