@@ -42,6 +42,7 @@ from .machine import (
 )
 from .records import SagaRecord, StepRecord
 from .signals import SagaEvent, StepEvent
+from .status import SagaStatus, StepStatus
 from .store import SagaStore
 from .waits import WAIT_TASK
 
@@ -149,6 +150,8 @@ def carry_out(
             sender=saga.name,
             event=StepEvent(saga.id, saga.name, transition.index, WAIT_TASK, error=error),
         )
+    if saga.status is SagaStatus.WAITING and isinstance(transition, ResolveWait | Stop):
+        _wait_ended(saga, move, steps)
     for message in move.messages:
         if isinstance(message, SendSteps):
             start = message.start
@@ -181,6 +184,22 @@ def carry_out(
         else:
             raise TypeError(f"not a message of a whole saga: {message!r}")
     return True
+
+
+def _wait_ended(saga: SagaRecord, move: Move, steps: Sequence[StepRecord] | None) -> None:
+    """Say that the saga no longer waits, and how long it did."""
+    waiting = next((s for s in steps or () if s.status is StepStatus.WAITING), None)
+    if waiting is None:
+        return
+    since = waiting.started_at
+    duration = None if since is None else max((_now() - since).total_seconds(), 0.0)
+    reason = "stopped" if isinstance(move.transition, Stop) else move.action
+    if reason == "wake":
+        reason = "sleep" if "sleep" in move.reason else "continue"
+    event = StepEvent(
+        saga.id, saga.name, waiting.index, WAIT_TASK, duration=duration, reason=reason
+    )
+    signals.wait_ended.send(sender=saga.name, event=event)
 
 
 def settle(app: Celery, saga_id: str) -> Move | None:

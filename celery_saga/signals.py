@@ -38,6 +38,9 @@ signal                          payload       sent when (and where)
 ``signal_received``             StepEvent     a signal reached its wait (``reason``: its
                                               name; "kept" when the saga is not there yet)
 ``wait_timed_out``              StepEvent     a ``wait_for`` timed out (``error`` says so)
+``wait_ended``                  StepEvent     the saga no longer waits (``duration``: how
+                                              long; ``reason``: "signal", "sleep",
+                                              "timeout", "continue" or "stopped")
 ``saga_parked``                 StepEvent     a worker lacks the step's task (``reason``
                                               names it and the saga's version); the
                                               message is sent again later
@@ -80,6 +83,7 @@ __all__ = [
     "step_started",
     "step_succeeded",
     "step_timed_out",
+    "wait_ended",
     "wait_timed_out",
 ]
 
@@ -136,6 +140,7 @@ compensation_failed = Signal(name="compensation_failed")
 saga_not_found = Signal(name="saga_not_found")
 saga_waiting = Signal(name="saga_waiting")
 saga_parked = Signal(name="saga_parked")
+wait_ended = Signal(name="wait_ended")
 signal_received = Signal(name="signal_received")
 wait_timed_out = Signal(name="wait_timed_out")
 

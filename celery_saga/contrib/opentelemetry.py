@@ -23,8 +23,10 @@ that belongs to the saga's trace, else of the saga root.
 
 Deterministic span ids (for the root and for the links) need the SDK's tracer, which
 every exporter setup uses; another tracer gets the same trace id for the steps but
-its own ids. Metrics (``saga.sagas``, ``saga.duration``, ``saga.step.duration``,
-``saga.compensations``, ``saga.active``) come from :mod:`celery_saga.signals`.
+its own ids. A ``wait <stage>`` span covers a saga's wait, from its start to the signal,
+the end of the sleep or the timeout. Metrics (``saga.sagas``, ``saga.duration``,
+``saga.step.duration``, ``saga.compensations``, ``saga.active``, ``saga.waiting``,
+``saga.wait.duration``) come from :mod:`celery_saga.signals`.
 
 .. versionadded:: 0.1
 """
@@ -313,6 +315,25 @@ class _SagaTracing:
         with self._running(span, app, event.compensate or event.step_name):
             yield
 
+    def wait_ended(self, sender: Any = None, event: StepEvent | None = None, **_: Any) -> None:
+        """A ``wait <stage>`` span from the moment the saga got to a wait to its end."""
+        if event is None:
+            return
+        tracer = self.tracer()
+        end = time.time_ns()
+        root = self.root(tracer, event.saga_id, event.saga_name)
+        attributes = self._attributes(event)
+        attributes["saga.wait.outcome"] = event.reason or ""
+        span = _start(
+            tracer,
+            f"wait {event.step_name}",
+            (None, _span_id(event.saga_id, "wait", event.step_index, 1)),
+            trace.set_span_in_context(NonRecordingSpan(root)),
+            attributes=attributes,
+            start_time=end - int((event.duration or 0.0) * 1e9),
+        )
+        span.end(end_time=end)
+
     def saga_ended(self, sender: Any = None, event: SagaEvent | None = None, **_: Any) -> None:
         """The root span, emitted when the saga ends (a receiver of the end signals)."""
         if event is None:
@@ -367,6 +388,26 @@ class _SagaMetrics:
             unit="{saga}",
             description="Sagas started and not ended (sum it over all processes)",
         )
+        self.waiting = meter.create_up_down_counter(
+            "saga.waiting",
+            unit="{saga}",
+            description="Sagas at a wait_for or sleep stage (sum it over all processes)",
+        )
+        self.wait_duration = meter.create_histogram(
+            "saga.wait.duration", unit="s", description="Time a saga waited at a stage"
+        )
+
+    def saga_waiting(self, sender: Any = None, event: StepEvent | None = None, **_: Any) -> None:
+        if event is not None:
+            self.waiting.add(1, {"saga.name": event.saga_name})
+
+    def wait_ended(self, sender: Any = None, event: StepEvent | None = None, **_: Any) -> None:
+        if event is None:
+            return
+        self.waiting.add(-1, {"saga.name": event.saga_name})
+        if event.duration is not None:
+            labels = {"saga.name": event.saga_name, "saga.wait.outcome": event.reason or ""}
+            self.wait_duration.record(event.duration, labels)
 
     def saga_started(self, sender: Any = None, event: SagaEvent | None = None, **_: Any) -> None:
         if event is not None:
@@ -449,6 +490,9 @@ class SagaInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             (signals.step_retried, metrics.step_retried, "metrics"),
             (signals.compensation_succeeded, metrics.compensation_succeeded, "metrics"),
             (signals.compensation_failed, metrics.compensation_failed, "metrics"),
+            (signals.saga_waiting, metrics.saga_waiting, "metrics"),
+            (signals.wait_ended, metrics.wait_ended, "metrics"),
+            (signals.wait_ended, tracing.wait_ended, "trace"),
         ]
         for signal, receiver, role in self._connections:
             signal.connect(receiver, weak=False, dispatch_uid=f"celery_saga.otel.{role}")

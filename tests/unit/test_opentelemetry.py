@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from opentelemetry.sdk.trace.export import (
 )
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+import celery_saga
 from celery_saga import SagaCompensated, SagaResult, SagaStatus
 from celery_saga.contrib.opentelemetry import SagaInstrumentor, saga_trace_id
 from tests.scenarios import new_id
@@ -182,6 +184,33 @@ def test_group_members_are_sibling_spans_under_the_root(env: SagaEnv, telemetry:
     for undo in undos:
         forward = steps[undo.attributes["saga.step.index"]]
         assert undo.links[0][1] == forward.span_id
+
+
+def test_a_wait_is_a_span_and_feeds_the_wait_metrics(env: SagaEnv, telemetry: Telemetry) -> None:
+    """A saga's wait is a span under the root from its start to the signal; saga.waiting
+    goes up and down and saga.wait.duration records how long it waited."""
+    saga = env.saga(
+        env.sig("act", tag="a"), celery_saga.wait_for("ok"), env.sig("act", tag="b"),
+        name="otel-wait",
+    ).apply_async(saga_id=new_id())  # fmt: skip
+    deadline = time.monotonic() + TIMEOUT
+    while saga.status is not SagaStatus.WAITING:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    time.sleep(0.2)
+    saga.signal("ok", 1)
+    saga.get(timeout=TIMEOUT)
+    spans = telemetry.saga_spans(saga.id)
+    root = _root(spans)
+    (wait,) = by_name(spans)["wait celery_saga.wait"]
+    assert wait.parent_id == root.span_id
+    assert wait.attributes["saga.wait.outcome"] == "signal"
+    assert wait.end_ns - wait.start_ns >= 0.2e9
+    (waited,) = telemetry.metric_points("saga.wait.duration", "otel-wait")
+    assert waited.count == 1
+    assert waited.sum >= 0.2
+    (waiting,) = telemetry.metric_points("saga.waiting", "otel-wait")
+    assert waiting.value == 0
 
 
 def test_attempts_get_spans_of_their_own(env: SagaEnv, telemetry: Telemetry) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from celery import group
 
+import celery_saga
 from celery_saga import SagaCompensated, SagaStatus, signals
 from celery_saga.dispatch import publish
 from celery_saga.signals import SagaEvent, StepEvent
@@ -206,3 +207,17 @@ def test_group_members_report_like_steps(env: SagaEnv, capture: Capture) -> None
     assert [s.signal for s in seen if s.signal.startswith("saga")] == [
         "saga_started", "saga_completed"
     ]  # fmt: skip
+
+
+def test_a_wait_reports_waiting_the_signal_and_its_end(env: SagaEnv, capture: Capture) -> None:
+    """A saga at a wait sends saga_waiting, then signal_received and wait_ended."""
+    result = env.saga(env.sig("act", tag="a"), celery_saga.wait_for("ok"), name="order")
+    started = result.apply_async(saga_id=new_id())
+    capture.of(started.id, wait_for="saga_waiting")
+    started.signal("ok", {"x": 1})
+    seen = capture.of(started.id, wait_for="saga_completed")
+    names = [s.signal for s in seen]
+    assert names.index("saga_waiting") < names.index("signal_received")
+    ended = next(s.event for s in seen if s.signal == "wait_ended")
+    assert (ended.step_index, ended.reason) == (1, "signal")
+    assert ended.duration is not None
