@@ -145,6 +145,17 @@ def _in_plan_order(
     return [started.get(step["index"]) or pending_step(saga_id, step) for step in plan["steps"]]
 
 
+def _recording(saga_id: str, index: int, token: str, result: Any) -> dict[str, Any]:
+    """The parameters of the statements that record a step's result."""
+    return {
+        "p_saga": saga_id,
+        "p_index": index,
+        "p_token": token,
+        "p_result": result,
+        "p_now": utcnow(),
+    }
+
+
 class ClaimOutcome(enum.Enum):
     """What a claim of a step (or of its compensation) found."""
 
@@ -429,13 +440,7 @@ class SagaStore:
         ``LOST``, writing nothing, if the caller no longer owns the step; after the last
         step ``COMPLETED``, or ``HALTED`` if the saga had stopped running (cancelled).
         """
-        params = {
-            "p_saga": saga_id,
-            "p_index": index,
-            "p_token": token,
-            "p_result": result,
-            "p_now": utcnow(),
-        }
+        params = _recording(saga_id, index, token, result)
         if not last:
             with self._write_one("record the step's result") as connection:
                 recorded = connection.execute(COMPLETE_STEP, params).rowcount == 1
@@ -478,13 +483,7 @@ class SagaStore:
         any more (it is compensated with the others); ``LOST``: not the owner, nothing
         written.
         """
-        params = {
-            "p_saga": saga_id,
-            "p_index": index,
-            "p_token": token,
-            "p_result": result,
-            "p_now": utcnow(),
-        }
+        params = _recording(saga_id, index, token, result)
         c = saga_steps.c
         with self._write("record the step's result") as connection:
             status = connection.execute(LOCK_SAGA, params).scalar()
