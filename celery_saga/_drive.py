@@ -124,7 +124,7 @@ def _commit(app: Celery, saga: SagaRecord, move: Move, force: bool) -> bool:
     if isinstance(transition, EndCompensation):
         return store.finish_saga_compensation(saga.id)  # False: ended elsewhere
     if isinstance(transition, Reopen):
-        return bool(store.reopen_failed_compensations(saga.id))
+        return store.reopen_failed_compensations(saga.id) is not None
     raise TypeError(f"not a transition of a whole saga: {transition!r}")
 
 
@@ -194,8 +194,7 @@ def _wait_ended(saga: SagaRecord, move: Move, steps: Sequence[StepRecord] | None
     since = waiting.started_at
     duration = None if since is None else max((_now() - since).total_seconds(), 0.0)
     reason = "stopped" if isinstance(move.transition, Stop) else move.action
-    if reason == "wake":
-        reason = "sleep" if "sleep" in move.reason else "continue"
+    reason = "sleep" if reason == "wake" else reason
     event = StepEvent(
         saga.id, saga.name, waiting.index, WAIT_TASK, duration=duration, reason=reason
     )

@@ -23,6 +23,7 @@ from ._runtime import get_store
 from .config import get_config
 from .dispatch import COMPENSATE_TASK, HEADER
 from .signals import StepEvent
+from .status import SagaStatus
 
 __all__ = ["connect_parking"]
 
@@ -60,7 +61,16 @@ def _on_unknown_task(sender: Any, message: Any, name: str, **_: Any) -> None:
     try:
         store = get_store(app)
         record = store.get_saga(saga_id)
-        version = None if record is None else record.version
+        if record is None or record.status not in (SagaStatus.RUNNING, SagaStatus.WAITING):
+            logger.warning(
+                "saga %s: a message of task %r this worker does not have, for a saga that "
+                "is %s: dropped",
+                saga_id,
+                name,
+                "unknown" if record is None else record.status.value,
+            )
+            return
+        version = record.version
         text = (
             f"task {name!r} is not registered on {worker} (saga version "
             f"{version or 'none given'}): the saga waits for a worker that has it; its "

@@ -4,7 +4,8 @@ Its message travels in the saga's chain like a step's. It puts the saga to wait 
 store (the step ``WAITING``, when it is due, the saga ``WAITING``) and returns: no
 worker is held while the saga waits. A signal sent before the saga got here resolves
 the wait at once. A due time near enough (within two recovery intervals) is woken by
-this message sent again with a countdown; a later one by the recovery sweep. Either way
+this message sent again with a countdown; a later one by the recovery sweep (with no
+sweep, ``saga_recovery_interval=None``, by countdowns of a minute at most). Either way
 the saga is then driven on from the store (:func:`celery_saga._drive.settle`).
 """
 
@@ -64,6 +65,8 @@ def _wait(self: Task[Any, Any], *args: Any, **kwargs: Any) -> None:
 
     now = time.time()
     due = _due(spec, now)
+    if d.deadline is not None:  # the sweep looks at a waiting saga when its wait is due
+        due = d.deadline if due is None else min(due, d.deadline)
     waiting = guard(
         lambda: get_store(app).enter_wait(
             d.saga_id,
@@ -76,7 +79,8 @@ def _wait(self: Task[Any, Any], *args: Any, **kwargs: Any) -> None:
         )
     )
     stored = None if waiting.due is None else waiting.due.timestamp()
-    soon = 2 * (get_config(app).recovery_interval or 30.0)
+    interval = get_config(app).recovery_interval  # None: no sweep; countdowns all the way
+    soon = None if interval is None else 2 * interval
     move = decide(d, WaitEntered(Outcome(waiting.outcome), now, stored, soon))
     if waiting.entered:
         reason = "sleep" if spec.get("signal") is None else str(spec["signal"])

@@ -606,3 +606,7 @@ class SagaScenarios:
         with pytest.raises(SagaFailed, match="no signal 'x'"):
             failing.get(timeout=TIMEOUT)
         assert self._undone(env, failing.id) == []
+        assert failing.retry_compensation() == [0]  # a person decided: undo it after all
+        with pytest.raises(SagaCompensated, match="no signal 'x'"):
+            failing.get(timeout=TIMEOUT)
+        assert self._undone(env, failing.id) == ["a"]

@@ -184,13 +184,14 @@ class WaitEntered:
     sleep ends, epoch seconds, None: never), ``RECORDED`` (a signal kept for it resolved
     it at once), ``COMPLETED`` (that, and it was the last stage), ``STOPPED`` (the saga
     is not running), ``DONE`` (resolved before) or ``MISSING``. ``soon``: a due time
-    within that many seconds is woken by a countdown, a later one by the sweep.
+    within that many seconds is woken by a countdown, a later one by the sweep (None:
+    no sweep runs; countdowns of at most a minute, again and again).
     """
 
     outcome: Outcome
     now: float
     due: float | None = None
-    soon: float = 60.0
+    soon: float | None = 60.0
 
 
 @dataclass(frozen=True)

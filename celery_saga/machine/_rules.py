@@ -73,6 +73,10 @@ from ._state import (
 __all__ = ["COMPENSATION_RULES", "SAGA_RULES", "STEP_RULES", "decide"]
 
 
+#: Without a sweep, a long wait's message comes back at most this often (seconds).
+_NO_SWEEP_WAKE = 60.0
+
+
 def _nothing(reason: str, accepted: bool = True) -> Move:
     return Move(reason=reason, accepted=accepted)
 
@@ -185,6 +189,8 @@ def _wait_entered(d: Delivery, e: WaitEntered) -> Move:
         left = e.due - e.now
         if left <= 0:  # due: the store's saga is woken from there
             return Move(messages=(Reconcile(),), action="wake", reason="due")
+        if e.soon is None:  # no sweep runs: this message comes back until it is due
+            return Move(messages=(Wake(min(left, _NO_SWEEP_WAKE)),), reason="no sweep")
         if left <= e.soon:
             return Move(messages=(Wake(left),), reason=f"due in {left:.1f} s")
         return _nothing("the recovery sweep wakes it when it is due")
@@ -430,7 +436,7 @@ def _wake(s: SagaState, step: StepRecord) -> Move:
         return Move(
             _resolved(s, step.index, result),
             _go_on(s, step.index, result),
-            action="wake",
+            action="wake" if name is None else "continue",
             reason="its sleep ended" if name is None else f"no signal {name!r}: go on",
         )
     timeout = spec.get("timeout") or 0.0
@@ -525,6 +531,9 @@ def _retry_compensation(s: SagaState, e: RetryCompensation) -> Move:
     failed = tuple(
         st.index for st in reversed(s.steps) if st.status is StepStatus.COMPENSATION_FAILED
     )
+    if not failed:  # it failed without undoing (a wait's on_timeout="fail"): undo it now
+        messages = _compensate(s, _to_undo(s.steps, s.updated_at)) or (Reconcile(),)
+        return Move(Reopen(), messages, "compensate", "undo now", steps=_sent(messages))
     messages = _compensate(s, failed)
     return Move(Reopen(), messages, "compensate", "retried", steps=_sent(messages))
 

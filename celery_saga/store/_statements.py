@@ -5,12 +5,15 @@ Building and cache-keying a statement on every call costs more CPU than running 
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (
     Executable,
     Insert,
     Integer,
     Select,
     String,
+    Update,
     and_,
     bindparam,
     exists,
@@ -51,28 +54,44 @@ INSERT_SAGA = insert(sagas)
 _SAGA_IS_RUNNING = exists().where(
     sagas.c.id == bindparam("p_saga"), sagas.c.status == SagaStatus.RUNNING
 )
-CLAIM_STEP = (
-    update(saga_steps)
-    .where(
-        _c.saga_id == bindparam("p_saga"),
-        _c.idx == bindparam("p_index"),
-        or_(
-            _c.status == StepStatus.PENDING,
-            and_(_c.status == StepStatus.RUNNING, _c.lease_expires_at < bindparam("p_now")),
-        ),
-        _SAGA_IS_RUNNING,
-    )
-    .values(
-        status=StepStatus.RUNNING,
-        attempts=_c.attempts + 1,
-        claim=bindparam("p_token"),
-        lease_expires_at=bindparam("p_lease"),
-        started_at=func.coalesce(_c.started_at, bindparam("p_now")),
-        args=bindparam("p_args", type_=_c.args.type),
-        kwargs=bindparam("p_kwargs", type_=_c.kwargs.type),
-    )
+#: The same, the saga's row share-locked: on PostgreSQL a claim whose check runs while
+#: a failure or a cancel moves the saga out of RUNNING waits for it, then sees it (a
+#: plain read would see the snapshot before it, and the step would run after the saga's
+#: compensations were decided). InnoDB's subqueries of a write lock what they read.
+_SAGA_IS_RUNNING_LOCKED = exists(
+    select(literal(1))
+    .where(sagas.c.id == bindparam("p_saga"), sagas.c.status == SagaStatus.RUNNING)
+    .with_for_update(read=True)
 )
-CLAIM_STEP_RETURNING = CLAIM_STEP.returning(_c.attempts)
+
+
+def _claim_step(running: Any) -> Update:
+    return (
+        update(saga_steps)
+        .where(
+            _c.saga_id == bindparam("p_saga"),
+            _c.idx == bindparam("p_index"),
+            or_(
+                _c.status == StepStatus.PENDING,
+                and_(_c.status == StepStatus.RUNNING, _c.lease_expires_at < bindparam("p_now")),
+            ),
+            running,
+        )
+        .values(
+            status=StepStatus.RUNNING,
+            attempts=_c.attempts + 1,
+            claim=bindparam("p_token"),
+            lease_expires_at=bindparam("p_lease"),
+            started_at=func.coalesce(_c.started_at, bindparam("p_now")),
+            args=bindparam("p_args", type_=_c.args.type),
+            kwargs=bindparam("p_kwargs", type_=_c.kwargs.type),
+        )
+    )
+
+
+CLAIM_STEP = _claim_step(_SAGA_IS_RUNNING)
+#: (PostgreSQL, and SQLite, where the lock is the write transaction itself)
+CLAIM_STEP_RETURNING = _claim_step(_SAGA_IS_RUNNING_LOCKED).returning(_c.attempts)
 _OWNED_RUNNING_STEP = (
     _c.saga_id == bindparam("p_saga"),
     _c.idx == bindparam("p_index"),
@@ -239,7 +258,7 @@ def claim_by_insert(dialect: str, returning: bool) -> Executable:
         bindparam("p_args", type_=_c.args.type),
         bindparam("p_kwargs", type_=_c.kwargs.type),
         literal(0, Integer),
-    ).where(_SAGA_IS_RUNNING)
+    ).where(_SAGA_IS_RUNNING_LOCKED if dialect == "postgresql" else _SAGA_IS_RUNNING)
     stmt: Insert
     if dialect == "postgresql":
         stmt = postgresql.insert(saga_steps).from_select(columns, values).on_conflict_do_nothing()

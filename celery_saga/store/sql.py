@@ -37,6 +37,7 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Engine,
+    Executable,
     Row,
     and_,
     case,
@@ -430,6 +431,10 @@ class SagaStore:
             return Claim(ClaimOutcome.DONE, result=row.result)
         if status == StepStatus.RUNNING and row.saga_status == SagaStatus.RUNNING:
             return Claim(ClaimOutcome.BUSY)
+        if status == StepStatus.PENDING and row.saga_status == SagaStatus.COMPENSATING:
+            # given back to be retried, then the saga stopped (a group's sibling failed,
+            # a cancel): what waited for it to end goes on now
+            return Claim(ClaimOutcome.HALTED)
         return Claim(ClaimOutcome.STOPPED)
 
     def complete_step(
@@ -492,10 +497,11 @@ class SagaStore:
                 return Join(Completion.LOST)
             if status != SagaStatus.RUNNING:
                 return Join(Completion.HALTED)
+            # the saga's row lock serialises the members: this plain read comes after it
+            # (PostgreSQL: a fresh snapshot per statement; InnoDB: the read view is made
+            # at a transaction's first plain read), so it sees every member before
             rows = connection.execute(
-                select(c.idx, c.status, c.result)
-                .where(c.saga_id == saga_id, c.idx.in_(list(ends)))
-                .with_for_update(read=True)
+                select(c.idx, c.status, c.result).where(c.saga_id == saga_id, c.idx.in_(list(ends)))
             ).all()
             done = {row.idx: row.result for row in rows if row.status == StepStatus.SUCCEEDED}
             if len(done) < len(ends):
@@ -896,13 +902,20 @@ class SagaStore:
         ``PENDING``: never reached its end); returns False if it was not running.
         """
         now = utcnow()
-        running = [SagaStatus.RUNNING, SagaStatus.WAITING]
-        with self._write("cancel the saga") as connection:
-            cancelled = connection.execute(
+
+        def stop(status: SagaStatus) -> Executable:
+            return (
                 update(sagas)
-                .where(sagas.c.id == saga_id, sagas.c.status.in_(running))
+                .where(sagas.c.id == saga_id, sagas.c.status == status)
                 .values(status=SagaStatus.COMPENSATING, error=dict(error), updated_at=now)
             )
+
+        if self.get_status(saga_id) is SagaStatus.RUNNING:  # one statement, as always
+            with self._write_one("cancel the saga") as connection:
+                if connection.execute(stop(SagaStatus.RUNNING)).rowcount == 1:
+                    return True
+        with self._write("cancel the saga") as connection:  # it waits (or went on meanwhile)
+            cancelled = connection.execute(stop(SagaStatus.WAITING))
             if cancelled.rowcount == 1:
                 connection.execute(
                     update(saga_steps)
@@ -914,12 +927,12 @@ class SagaStore:
                 )
         return cancelled.rowcount == 1
 
-    def reopen_failed_compensations(self, saga_id: str) -> list[int]:
+    def reopen_failed_compensations(self, saga_id: str) -> list[int] | None:
         """Make a ``FAILED`` saga's given-up compensations claimable again.
 
         The saga goes back to ``COMPENSATING``, those steps to ``SUCCEEDED`` (their last
-        compensation error kept). Returns their indices, newest first; none if the saga
-        was not ``FAILED``.
+        compensation error kept). Returns their indices, newest first (none: the saga
+        failed without undoing); None if the saga was not ``FAILED``.
         """
         now = utcnow()
         c = saga_steps.c
@@ -930,7 +943,7 @@ class SagaStore:
                 .values(status=SagaStatus.COMPENSATING, finished_at=None, updated_at=now)
             ).rowcount
             if reopened != 1:
-                return []
+                return None
             failed = c.saga_id == saga_id, c.status == StepStatus.COMPENSATION_FAILED
             indices = list(
                 connection.execute(select(c.idx).where(*failed).order_by(c.idx.desc())).scalars()
@@ -967,12 +980,11 @@ class SagaStore:
 
     def park(self, saga_id: str, note: Mapping[str, Any] | None) -> None:
         """Note why the saga waits for a worker that has one of its tasks (None: it does not)."""
+        values: dict[str, Any] = {"parked": null() if note is None else dict(note)}
+        if note is not None:  # its message goes round: that is not a stall
+            values["updated_at"] = utcnow()
         with self._write_one("note the parked saga") as connection:
-            connection.execute(
-                update(sagas)
-                .where(sagas.c.id == saga_id)
-                .values(parked=null() if note is None else dict(note))  # SQL NULL, not JSON
-            )
+            connection.execute(update(sagas).where(sagas.c.id == saga_id).values(**values))
 
     def note_recovery_error(self, saga_id: str, error: Mapping[str, Any]) -> None:
         """Keep on the saga what the recovery sweep could not do with it."""
@@ -1029,7 +1041,9 @@ class SagaStore:
 
         Those with a step or compensation whose lease ran out (its worker died), or a
         wait that is due, however young, first; then those stored before
-        ``created_before``, oldest first.
+        ``created_before``, oldest first. A waiting saga is looked at only when its wait
+        is due (its timeout, its sleep's end or its deadline): sagas waiting for days
+        never crowd the batch.
         """
         c = saga_steps.c
         lost = exists().where(  # or a wait that is due
@@ -1037,13 +1051,13 @@ class SagaStore:
             c.status.in_([StepStatus.RUNNING, StepStatus.COMPENSATING, StepStatus.WAITING]),
             c.lease_expires_at < utcnow(),
         )
-        unfinished = [SagaStatus.RUNNING, SagaStatus.COMPENSATING, SagaStatus.WAITING]
+        moving = [SagaStatus.RUNNING, SagaStatus.COMPENSATING]
+        old = and_(
+            sagas.c.status.in_(moving), sagas.c.created_at < created_before.replace(tzinfo=None)
+        )
         query = (
             select(sagas)
-            .where(
-                sagas.c.status.in_(unfinished),
-                or_(sagas.c.created_at < created_before.replace(tzinfo=None), lost),
-            )
+            .where(sagas.c.status.in_([*moving, SagaStatus.WAITING]), or_(old, lost))
             .order_by(case((lost, 0), else_=1), sagas.c.created_at)
             .limit(limit)
         )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -11,8 +11,10 @@ from celery import Celery, chain, chord, group
 import celery_saga
 from celery_saga import SagaStatus, SagaValidationError, StepRecord, StepStatus, saga_step
 from celery_saga import machine as m
+from celery_saga._runtime import get_store
 from celery_saga.dispatch import HEADER, step_delivery, step_signatures
 from celery_saga.plan import build_plan
+from celery_saga.store import ClaimOutcome, SagaStore, utcnow
 from tests.unit.test_machine import COMPENSATING, NOW, RUNNING, SETTLE, SWEEP, P, R, S, alive, dead
 from tests.unit.test_machine import step as linear_step
 
@@ -328,3 +330,49 @@ def test_grouped_saga_moves(
     move = m.decide(state, event)
     assert (move.transition, move.messages, move.action) == (transition, messages, action)
     assert move.steps == steps
+
+
+# -- the store ---------------------------------------------------------------------------
+
+
+def _stored(app: Celery, saga_id: str, plan: dict[str, Any]) -> SagaStore:
+    store = get_store(app)
+    now = utcnow()
+    store.create_saga(
+        {"id": saga_id, "name": "g", "status": SagaStatus.RUNNING, "plan": plan,
+         "plan_hash": "0" * 64, "step_count": len(plan["steps"]), "created_at": now,
+         "updated_at": now}
+    )  # fmt: skip
+    return store
+
+
+def test_a_members_retry_after_its_saga_stopped_settles_it(app: Celery) -> None:
+    """A member given back to be retried whose saga then stopped settles the saga when its
+    retry comes (what waited for it to end goes on), instead of only dropping it."""
+    do = app.tasks["g.do"]
+    plan = build_plan(app, [group(do.si(1), do.si(2))], "g").as_json()
+    store = _stored(app, "retried-member", plan)
+    claim = store.claim_step("retried-member", 0, "k", [1], {}, 60, stage=0, task="g.do",
+                             compensate="g.undo")  # fmt: skip
+    assert claim.outcome is ClaimOutcome.CLAIMED
+    store.release_step("retried-member", 0, "k", {"type": "E", "message": "again"})
+    assert store.cancel_saga("retried-member", {"type": "x", "message": "sibling failed"})
+    again = store.claim_step("retried-member", 0, "k2", [1], {}, 60, stage=0, task="g.do",
+                             compensate="g.undo")  # fmt: skip
+    assert again.outcome is ClaimOutcome.HALTED
+
+
+def test_sagas_waiting_for_days_do_not_crowd_the_sweep(app: Celery) -> None:
+    """A waiting saga is in the sweep's batch only once its wait is due."""
+    store = get_store(app)
+    plan = build_plan(app, [app.tasks["g.do"].si(1)], "g").as_json()
+    for saga_id in ("waits-long", "waits-due"):
+        _stored(app, saga_id, plan)
+        due = utcnow() + timedelta(days=3 if saga_id == "waits-long" else -1)
+        waiting = store.enter_wait(saga_id, 1, due=due.replace(tzinfo=UTC), args=[], stage=1,
+                                   task="celery_saga.wait", final=True)  # fmt: skip
+        assert waiting.outcome == "waiting"
+    later = datetime.now(UTC) + timedelta(days=1)
+    found = {s.id for s in store.unfinished_sagas(later, 100)}
+    assert "waits-due" in found
+    assert "waits-long" not in found

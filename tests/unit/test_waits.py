@@ -89,7 +89,7 @@ ROWS: list[tuple[str, m.SagaState, m.Event, Any, tuple[Any, ...], str]] = [
      "timeout"),
     ("the timeout passed (continue): go on with None",
      waiting(-1, {**WAIT, "on_timeout": "continue"}), SWEEP,
-     m.ResolveWait(1, S, W.RUNNING), (m.SendSteps(2, (None,)),), "wake"),
+     m.ResolveWait(1, S, W.RUNNING), (m.SendSteps(2, (None,)),), "continue"),
     ("a sleep ends: the result before it goes on", waiting(-1, SLEEP), SWEEP,
      m.ResolveWait(1, S, W.RUNNING, result="r0"), (m.SendSteps(2, ("r0",)),), "wake"),
     ("past its deadline while waiting: stopped",
