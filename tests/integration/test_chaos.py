@@ -1,16 +1,20 @@
 """Chaos: 1,000 sagas over Redis and RabbitMQ with the faults we know of, all at once.
 
-Steps fail for good (1 in 4) or transiently (retried by their ``RetryPolicy``),
-compensations fail once, the worker and its pool processes are ``kill -9``ed, the
-PostgreSQL store is cut off for 10 s (a TCP proxy the test controls), and on Redis the
-broker, a ``redis-server`` of the test's own, is restarted empty. Afterwards every saga
-must have ended as its plan says, checked against the ledger the steps write themselves
-(not only the saga tables): a fault delays a saga, it never changes how it ends.
+Of each broker's 500 sagas, 180 have parallel groups (a member may be a chain of steps;
+some sagas start or end with a group), the rest are straight lines of steps. Steps fail
+for good or transiently (retried by their ``RetryPolicy``), compensations fail once, the
+worker and its pool processes are ``kill -9``ed (most of the kills aimed at a moment a
+group member's body is running), the PostgreSQL store is cut off for 10 s (a TCP proxy
+the test controls), and on Redis the broker, a ``redis-server`` of the test's own, is
+restarted empty. Afterwards every saga must have ended as its plan says, checked against
+the ledger the steps write themselves (not only the saga tables): a fault delays a saga,
+it never changes how it ends.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import random
 import resource
@@ -27,8 +31,9 @@ from typing import Any
 
 import pytest
 import redis.exceptions
+from celery import chain, group
 from kombu.exceptions import OperationalError as BrokerError
-from sqlalchemy import make_url
+from sqlalchemy import func, make_url, select
 
 from celery_saga import (
     SagaRecord,
@@ -40,8 +45,10 @@ from celery_saga import (
     recover,
 )
 from tests.scenarios import new_id
-from tests.support.app import StepFailure
+from tests.support.app import Ledger, StepFailure, ledger_table
 from tests.support.chaos import (
+    GROUP_RETRY_STEP,
+    GROUP_STEP,
     RETRY,
     RedisServer,
     WorkerProcess,
@@ -55,9 +62,12 @@ from tests.support.services import RABBITMQ_URL, require
 pytestmark = pytest.mark.postgres
 
 SAGAS = 500  # per broker: 1,000 over the two
+GROUPED = 180  # of them with parallel groups: 360 over the two, mixed in with the rest
 RATE = 15.0  # sagas started per second (while the store and the broker let us): the worker
-# (2 processes on 2 cores) keeps up with it with room to spare, so that what the faults
-# cost shows, not an overload
+# keeps up with it, so that what the faults cost shows, not an overload
+CONCURRENCY = 3  # pool processes of the worker, on 2 cores. They wait on the store and the
+# ledger more than they compute: 2 kept up with linear sagas only, but with the groups
+# they fell behind from the first second (the queue grew ~8 messages/s at ~0.4 CPU)
 LEASE = 3.0  # saga_step_lease
 # saga_recovery_stall: longer than the store retries a 10 s cut makes (a message whose
 # first try fails as the cut begins comes back 1, 2, 4, 8 s later: 15 s after it), as in
@@ -71,59 +81,184 @@ STORE_CUT = 10.0  # seconds the proxy refuses and drops every store connection
 BROKER_DOWN = 2.0  # seconds the test's redis-server is down when it restarts it
 WAIT = 120.0  # seconds, after the last start and the last fault, for every saga to end
 PLAIN, RETRYING = "chaos.step", "chaos.retry_step"
+MID_GROUP = 3  # at least this many of a run's kill -9s land while a group member runs
+AIM_WAIT = 3.0  # seconds an aimed kill waits for a member in flight (then kills anyway: the
+# worker may run nothing, e.g. its consumer died in kombu when the Redis broker restarted)
+AIM_MARGIN = 0.008  # ...with at least this long left in its pause (to be killed in)
 STEP_FAILURE = f"{StepFailure.__module__}.{StepFailure.__qualname__}"
 
 #: (seconds after the first start, fault); each broker gets all that apply to it. The
 #: starts take about SAGAS / RATE + STORE_CUT = 43 s: the last fault comes near their end.
+#: A kill "mid-group" waits (up to AIM_WAIT s) until a group member's body is running in
+#: a pool process, and kills then (the pool process: that one).
 SCHEDULE: list[tuple[float, str]] = [
-    (3.0, "kill worker"),
-    (8.0, "kill pool process"),
+    (3.0, "kill worker mid-group"),
+    (8.0, "kill pool process mid-group"),
     (11.0, "cut store"),
-    (15.0, "kill pool process"),  # while the store is cut off
+    (15.0, "kill pool process"),  # while the store is cut off: no step body runs then
     (11.0 + STORE_CUT, "restore store"),
+    (25.0, "kill pool process mid-group"),
     (28.0, "restart broker"),  # Redis: the test's own redis-server
-    (38.0, "kill worker"),
+    (38.0, "kill worker mid-group"),
 ]
+#: The stages of a saga with groups: s a step, G a group of 2-3 members.
+SHAPES = ("sGs", "sGs", "sGs", "Gs", "Gs", "sG", "sG", "G", "ssG", "GsG")
 
 
 @dataclass(frozen=True)
 class PlannedStep:
-    index: int
-    task: str  # PLAIN or RETRYING
-    fail: bool  # fails for good (a RETRYING step: on every attempt)
-    flakes: int = 0  # RETRYING: its first attempts that fail transiently
+    index: int  # in plan order: stage by stage, a group's members in order, then in them
+    task: str  # PLAIN or RETRYING; in a saga with groups GROUP_STEP or GROUP_RETRY_STEP
+    fail: bool  # fails for good (a retry step: on every attempt)
+    flakes: int = 0  # a retry step: its first attempts that fail transiently
+    stage: int = 0
+    branch: int | None = None  # a group member's position in its group
+    position: int = 0  # the step's position in its member (a member may be a chain)
+
+    @property
+    def retrying(self) -> bool:
+        return self.task in (RETRYING, GROUP_RETRY_STEP)
 
     @property
     def runs(self) -> int:
         """How often its body runs when nothing else goes wrong."""
-        if self.task == PLAIN:
+        if not self.retrying:
             return 1
         return RETRY.attempts if self.fail else self.flakes + 1
 
 
+Branches = tuple[tuple[int, ...], ...]  # a stage: its members, each its steps' indices
+
+
 @dataclass
 class Planned:
+    """A saga's plan, and what it must end with, whatever the faults."""
+
     saga_id: str
     steps: list[PlannedStep]
+    stages: list[Branches]  # one member of one step per stage, but in a group
+    groups: frozenset[int] = frozenset()  # which stages are groups
 
     @property
-    def failing(self) -> int | None:
-        """The index of the step that fails for good (the saga is then compensated)."""
-        return next((s.index for s in self.steps if s.fail), None)
+    def grouped(self) -> bool:
+        return bool(self.groups)
+
+    @property
+    def shape(self) -> str:
+        """``s-G(3)-s``: its stages; a group's member count, ``c`` for a chain member."""
+        if not self.grouped:
+            return "linear"
+        return "-".join(
+            "G({}{})".format(len(b), "c" * any(len(m) > 1 for m in b)) if n in self.groups else "s"
+            for n, b in enumerate(self.stages)
+        )
+
+    @functools.cached_property
+    def failing_stage(self) -> int | None:
+        """The stage that fails (the saga is then compensated): the first with a step that
+        fails for good (a step before it in its member succeeds, or fails first)."""
+        return next(
+            (n for n, b in enumerate(self.stages) if any(self.steps[i].fail for m in b for i in m)),
+            None,
+        )
+
+    @functools.cached_property
+    def candidates(self) -> frozenset[int]:
+        """The steps the saga may report as its failing one: in the failing stage, the first
+        failing step of each member (two failing members race)."""
+        if self.failing_stage is None:
+            return frozenset()
+        firsts = (
+            next((i for i in m if self.steps[i].fail), None)
+            for m in self.stages[self.failing_stage]
+        )
+        return frozenset(i for i in firsts if i is not None)
+
+    @functools.cached_property
+    def applied(self) -> frozenset[int]:
+        """The steps that must apply their effect: all, or every one before the failing stage."""
+        stop = len(self.stages) if self.failing_stage is None else self.failing_stage
+        return frozenset(i for b in self.stages[:stop] for m in b for i in m)
+
+    @functools.cached_property
+    def maybe(self) -> frozenset[int]:
+        """The steps that may apply theirs, or not: in the failing stage, those before its
+        members' failing steps (a member in flight when the stage fails finishes, one not
+        started never starts, one killed then is undone in doubt)."""
+        if self.failing_stage is None:
+            return frozenset()
+        ahead = set()
+        for member in self.stages[self.failing_stage]:
+            for i in member:
+                if self.steps[i].fail:
+                    break
+                ahead.add(i)
+        return frozenset(ahead)
+
+    @functools.cached_property
+    def never(self) -> frozenset[int]:
+        """The steps whose body must never run: after the failing stage, or after a failing
+        step in its member."""
+        may_run = self.applied | self.maybe | self.candidates
+        return frozenset(s.index for s in self.steps) - may_run
+
+    def before(self, a: int, b: int) -> bool:
+        """Whether step ``a``'s undo must come before step ``b``'s: stages are undone in
+        reverse, a member's steps too."""
+        sa, sb = self.steps[a], self.steps[b]
+        if sa.stage != sb.stage:
+            return sa.stage > sb.stage
+        return sa.branch == sb.branch and sa.position > sb.position
+
+    def feed(self, index: int) -> list[Any]:
+        """The arguments step ``index`` must be given: the result (its index) of the step
+        before it, or the list of a group's results in member order (a saga without
+        groups has immutable signatures: none)."""
+        step = self.steps[index]
+        if not self.grouped:
+            return []
+        if step.position:
+            return [index - 1]  # a chain member's steps are numbered one after the other
+        if step.stage == 0:
+            return []
+        before = self.stages[step.stage - 1]
+        if step.stage - 1 in self.groups:
+            return [[m[-1] for m in before]]
+        return [before[0][-1]]
+
+    @property
+    def output(self) -> Any:
+        """The saga's result when it completes."""
+        last = self.stages[-1]
+        return [m[-1] for m in last] if len(self.stages) - 1 in self.groups else last[0][-1]
 
     @property
     def kind(self) -> str:
-        retrying = any(s.task == RETRYING and s.flakes for s in self.steps[: self.ran])
+        retrying = any(s.retrying and s.flakes for s in self.steps if s.index not in self.never)
         flaky = " with a transiently failing retry step" if retrying else ""
-        if self.failing is None:
-            return f"completes{flaky}"
-        how = "retry step" if self.steps[self.failing].task == RETRYING else "step"
-        return f"compensated ({how} {self.failing} fails){flaky}"
+        stage = self.failing_stage
+        if stage is None:
+            return f"{self.shape}: completes{flaky}"
+        if stage in self.groups:
+            how = f"a member of stage {stage} fails"
+        else:
+            (index,) = self.candidates
+            how = f"{'retry step' if self.steps[index].retrying else 'step'} {index} fails"
+        return f"{self.shape}: compensated ({how}){flaky}"
 
-    @property
-    def ran(self) -> int:
-        """How many of its steps run."""
-        return len(self.steps) if self.failing is None else self.failing + 1
+
+def _kwargs(rng: random.Random, step: PlannedStep) -> dict[str, Any]:
+    kwargs = {
+        "index": step.index,
+        "fail": step.fail,
+        "pause": rng.uniform(0.0, 0.03),  # a window to be killed in
+        "undo_fails": rng.choice((0, 0, 1)),  # a third of the undos fail once
+    }
+    if step.retrying:
+        kwargs["flakes"] = step.flakes
+    if step.branch is not None:
+        kwargs["member"] = True  # its attempts are what an aimed kill waits for
+    return kwargs
 
 
 def _plan(env: SagaEnv, rng: random.Random) -> tuple[Any, Planned]:
@@ -133,21 +268,54 @@ def _plan(env: SagaEnv, rng: random.Random) -> tuple[Any, Planned]:
     signatures = []
     for index in range(rng.randint(3, 5)):
         if rng.random() < 0.3:
-            step = PlannedStep(index, RETRYING, rng.random() < 0.1, rng.choice((1, 2)))
-            extra: dict[str, Any] = {"flakes": step.flakes}
+            step = PlannedStep(index, RETRYING, rng.random() < 0.1, rng.choice((1, 2)), index)
         else:
-            step = PlannedStep(index, PLAIN, rng.random() < 0.25)
-            extra = {}
+            step = PlannedStep(index, PLAIN, rng.random() < 0.25, stage=index)
         steps.append(step)
-        kwargs = {
-            "index": index,
-            "fail": step.fail,
-            "pause": rng.uniform(0.0, 0.03),  # a window to be killed in
-            "undo_fails": rng.choice((0, 0, 1)),  # a third of the undos fail once
-            **extra,
-        }
+        kwargs = _kwargs(rng, step)
         signatures.append(env.app.signature(step.task, kwargs=kwargs, immutable=True))
-    return env.saga(*signatures, name=env.name), Planned(new_id(), steps)
+    stages: list[Branches] = [((s.index,),) for s in steps]
+    return env.saga(*signatures, name=env.name), Planned(new_id(), steps, stages)
+
+
+def _plan_grouped(env: SagaEnv, rng: random.Random) -> tuple[Any, Planned]:
+    """A saga of one of SHAPES: a group has 2-3 members, 3 in 10 of them a chain of 2
+    steps. Every step is a ``.s()``: it gets what the stage before it returned. 3 in 10
+    steps have a retry policy (as in :func:`_plan`); a plain step fails with probability
+    1/10, a retry step for good with 1/10."""
+    steps: list[PlannedStep] = []
+    stages: list[Branches] = []
+    groups: set[int] = set()
+    signatures: list[Any] = []
+
+    def step(stage: int, branch: int | None = None, position: int = 0) -> Any:
+        index = len(steps)
+        if rng.random() < 0.3:
+            flakes = rng.choice((1, 2))
+            planned = PlannedStep(
+                index, GROUP_RETRY_STEP, rng.random() < 0.1, flakes, stage, branch, position
+            )
+        else:
+            planned = PlannedStep(index, GROUP_STEP, rng.random() < 0.1, 0, stage, branch, position)
+        steps.append(planned)
+        return env.app.signature(planned.task, kwargs=_kwargs(rng, planned))
+
+    for number, kind in enumerate(rng.choice(SHAPES)):
+        if kind == "s":
+            signatures.append(step(number))
+            stages.append(((len(steps) - 1,),))
+            continue
+        members, branches = [], []
+        for branch in range(rng.randint(2, 3)):
+            first = len(steps)
+            chained = [step(number, branch, p) for p in range(2 if rng.random() < 0.3 else 1)]
+            members.append(chained[0] if len(chained) == 1 else chain(*chained))
+            branches.append(tuple(range(first, len(steps))))
+        signatures.append(group(*members))
+        stages.append(tuple(branches))
+        groups.add(number)
+    saga = env.saga(*signatures, name=env.name)
+    return saga, Planned(new_id(), steps, stages, frozenset(groups))
 
 
 def _start(saga: Any, planned: Planned, refused: Counter[str]) -> None:
@@ -187,11 +355,44 @@ def _sweeper(env: SagaEnv) -> Iterator[Counter[str]]:
         thread.join()
 
 
+@contextmanager
+def _queue_depths(env: SagaEnv, queue: str, began: float) -> Iterator[list[tuple[float, int]]]:
+    """The messages waiting in the queue, every second: (seconds after the first start, count).
+
+    Whether the worker keeps up. 0 when the broker does not say (Redis has no key for an
+    empty queue; a broker restarting).
+    """
+    depths: list[tuple[float, int]] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(1.0):
+            try:
+                with env.app.connection_for_write() as connection:
+                    channel: Any = connection.default_channel  # a kombu virtual or AMQP channel
+                    declared = channel.queue_declare(queue, passive=True)
+                count = int(declared.message_count)
+            except Exception:
+                count = 0
+            depths.append((time.monotonic() - began, count))
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield depths
+    finally:
+        stop.set()
+        thread.join()
+
+
 @dataclass
 class Fault:
     what: str
     at: float  # seconds after the first start
     over: float  # when it was over: the kill itself, the store back, the broker answering
+    pids: tuple[int, ...] = ()  # a kill: the processes it killed
+    top: int = 0  # a kill: the ledger's last id right after it
+    aimed: str = ""  # an aimed kill: the member attempt it waited for
 
 
 @dataclass
@@ -203,10 +404,17 @@ class Chaos:
     worker: WorkerProcess
     proxy: TcpProxy
     broker: RedisServer | None
+    ledger: Ledger
     faults: list[Fault] = field(default_factory=list)
     worker_back: list[float] = field(default_factory=list)  # a new worker ready, after a kill
     error: BaseException | None = None
     stopped: threading.Event = field(default_factory=threading.Event)
+    seen: int = 0  # the last ledger id an aimed kill has looked at
+    # the member attempts it saw: (saga id, step, pid, time.time() its pause ends at)
+    pausing: list[tuple[str, str, int, float]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.seen = self.ledger_top()
 
     def now(self) -> float:
         return time.monotonic() - self.began
@@ -230,16 +438,53 @@ class Chaos:
             self.stopped.set()
             thread.join()
 
+    def ledger_top(self) -> int:
+        with self.ledger.engine.connect() as connection:
+            return int(connection.execute(select(func.max(ledger_table.c.id))).scalar() or 0)
+
+    def aim(self) -> tuple[int | None, str]:
+        """Wait until a group member's body is in its pause in one of the worker's pool
+        processes, with AIM_MARGIN s of it left at least: that process, and which attempt
+        (None after AIM_WAIT s without one)."""
+        c = ledger_table.c
+        query = select(c.id, c.saga_id, c.tag, c.payload).where(c.action == "attempt")
+        deadline = time.monotonic() + AIM_WAIT
+        children: set[int] = set()
+        looked = 0.0
+        while time.monotonic() < deadline and not self.stopped.is_set():
+            if time.monotonic() - looked > 0.2:  # /proc, not on every poll
+                children, looked = set(self.worker.children()), time.monotonic()
+            with self.ledger.engine.connect() as connection:
+                rows = connection.execute(query.where(c.id > self.seen)).all()
+            for row in rows:
+                self.seen = max(self.seen, row.id)
+                payload = row.payload if isinstance(row.payload, dict) else {}
+                if payload.get("member"):
+                    until = payload["at"] + payload["pause"]
+                    self.pausing.append((row.saga_id, row.tag, payload["pid"], until))
+            now = time.time()
+            self.pausing = [p for p in self.pausing if p[3] - now > AIM_MARGIN]
+            for saga_id, tag, pid, until in self.pausing:
+                if pid in children:
+                    return pid, f"saga {saga_id} step {tag} in pid {pid}, {until - now:.3f} s left"
+            time.sleep(0.004)
+        return None, ""
+
     def do(self, what: str) -> None:
         at = self.now()
-        if what == "kill worker":
-            self.worker.kill()
-            self.faults.append(Fault(what, at, at))
+        aimed = what.endswith(" mid-group")
+        if what.startswith("kill worker"):
+            _, seen = self.aim() if aimed else (None, "")
+            at = self.now()
+            pids = self.worker.kill()
+            self.faults.append(Fault(what, at, at, tuple(pids), self.ledger_top(), seen))
             self.worker.start()
             self.worker_back.append(self.now())
-        elif what == "kill pool process":
-            child = self.worker.kill_child()
-            self.faults.append(Fault(f"{what} {child}", at, at))
+        elif what.startswith("kill pool process"):
+            target, seen = self.aim() if aimed else (None, "")
+            at = self.now()
+            child = self.worker.kill_child(target)
+            self.faults.append(Fault(f"{what} {child}", at, at, (child,), self.ledger_top(), seen))
         elif what == "cut store":
             self.proxy.cut()
             self.faults.append(Fault(what, at, at))  # over: when "restore store" runs
@@ -255,8 +500,32 @@ class Chaos:
             raise AssertionError(f"unknown fault {what!r}")
 
     @property
-    def kills(self) -> int:
-        return sum(f.what.startswith("kill") for f in self.faults)
+    def kills(self) -> list[Fault]:
+        return [f for f in self.faults if f.what.startswith("kill")]
+
+
+def _caught_mid_group(kills: list[Fault], entries: list[Any]) -> list[list[Any]]:
+    """For each kill, from the ledger: the group members' attempts it cut short.
+
+    An attempt whose ``end`` never came, by a process the kill killed, begun since the
+    kill before (its ``attempt`` row between that kill's ledger top and this one's).
+    """
+    ended = {e.payload["token"] for e in entries if e.action == "end"}
+    cut_short = [
+        e
+        for e in entries
+        if e.action == "attempt"
+        and isinstance(e.payload, dict)
+        and e.payload.get("member")
+        and e.payload["token"] not in ended
+    ]
+    caught, after = [], 0
+    for kill in kills:
+        caught.append(
+            [e for e in cut_short if after < e.id <= kill.top and e.payload["pid"] in kill.pids]
+        )
+        after = kill.top
+    return caught
 
 
 def _wait_until_all_end(env: SagaEnv, planned: list[Planned], timeout: float) -> list[str]:
@@ -277,7 +546,20 @@ class Seen:
     planned: Planned
     record: SagaRecord | None
     steps: list[StepRecord]
-    ledger: Counter[tuple[str, str]]
+    rows: list[tuple[int, str, str]]  # its ledger rows: (id, action, step)
+    output: Any = None  # what SagaResult.get() returns, for a completed saga
+
+    @functools.cached_property
+    def ledger(self) -> Counter[tuple[str, str]]:
+        return Counter((action, tag) for _, action, tag in self.rows)
+
+    def ids(self, *actions: str) -> dict[int, list[int]]:
+        """The ledger ids of these actions, by step."""
+        found: dict[int, list[int]] = {}
+        for row_id, action, tag in self.rows:
+            if action in actions:
+                found.setdefault(int(tag), []).append(row_id)
+        return found
 
     @property
     def status(self) -> SagaStatus | None:
@@ -286,22 +568,44 @@ class Seen:
     def describe(self) -> str:
         record = self.record
         plan = [
-            (s.index, s.task, "fails" if s.fail else f"flakes {s.flakes}" if s.flakes else "ok")
+            (s.index, s.stage, s.branch, s.task,
+             "fails" if s.fail else f"flakes {s.flakes}" if s.flakes else "ok")
             for s in self.planned.steps
-        ]
+        ]  # fmt: skip
         steps = [
             (s.index, s.status.value, s.attempts, s.compensation_attempts,
              s.error and f"{s.error['type']}: {s.error['message']}")
             for s in self.steps
         ]  # fmt: skip
+        created = record.created_at if record else None
+
+        def since(moment: datetime | None) -> str:
+            return (
+                "-"
+                if moment is None or created is None
+                else f"{(moment - created).total_seconds():.3f}"
+            )
+
+        times = [
+            (s.index, since(s.started_at), since(s.finished_at),
+             since(s.compensation_started_at), since(s.compensation_finished_at))
+            for s in self.steps
+        ]  # fmt: skip
         error = record and record.error and f"{record.error['type']}: {record.error['message']}"
         return (
-            f"saga {self.planned.saga_id}: plan (index, task, what it does) {plan}\n"
+            f"saga {self.planned.saga_id} ({self.planned.shape}): plan (index, stage, "
+            f"member, task, what it does) {plan}\n"
             f"    stored: {record.status if record else None}, error {error}, "
-            f"failed_step {record.failed_step if record else None}\n"
+            f"failed_step {record.failed_step if record else None}, "
+            f"finished {since(record.finished_at if record else None)} s after it was stored\n"
             f"    steps (index, status, attempts, compensation attempts, error): {steps}\n"
-            f"    ledger: {dict(self.ledger)}"
+            f"    seconds after the saga was stored (index, started, finished, compensation "
+            f"started, compensation finished): {times}\n"
+            f"    ledger (id, action, step): {self.rows}"
         )
+
+
+_UNDONE = ("undo", "undo-nothing")  # a compensation that ran to its end
 
 
 def _violations(seen: Seen) -> list[str]:
@@ -310,58 +614,97 @@ def _violations(seen: Seen) -> list[str]:
     if record is None or not record.status.is_terminal:
         return ["not terminal"]
     wrong = []
-    failing = planned.failing
-    if failing is None:
-        expected, applied = SagaStatus.COMPLETED, set(range(len(planned.steps)))
-    else:
-        expected, applied = SagaStatus.COMPENSATED, set(range(failing))
+    failing = planned.failing_stage
+    expected = SagaStatus.COMPLETED if failing is None else SagaStatus.COMPENSATED
     if record.status is not expected:
         wrong.append(f"planned {expected.value}, ended {record.status.value}")
     if failing is not None:
         error = record.error or {}
-        if (error.get("type"), error.get("message")) != (STEP_FAILURE, f"step {failing} failed"):
-            wrong.append("error is not the failing step's own")
-        if record.failed_step != failing:
+        if record.failed_step not in planned.candidates:
             wrong.append("failed_step is not the failing step")
+        elif (error.get("type"), error.get("message")) != (
+            STEP_FAILURE,
+            f"step {record.failed_step} failed",
+        ):
+            wrong.append("error is not the failing step's own")
     effects = {key: n for key, n in seen.ledger.items() if key[0] in ("do", "undo")}
     if any(n != 1 for n in effects.values()):
         wrong.append("an effect applied or undone more than once")
     done = {int(tag) for (action, tag) in effects if action == "do"}
     undone = {int(tag) for (action, tag) in effects if action == "undo"}
-    if done != applied:
+    if not planned.applied <= done or done - planned.applied - planned.maybe:
         wrong.append("effects applied not as planned")
-    if undone != (applied if failing is not None else set()):
+    if undone != (done if failing is not None else set()):
         wrong.append("effects undone not as planned")
+    ran = seen.ids("attempt")
+    if planned.never.intersection(ran):
+        wrong.append("a step ran after the failing stage, or after a failing step")
+    in_doubt = set(seen.ids("undo-nothing"))
+    if in_doubt - planned.maybe - planned.candidates:
+        wrong.append("a step undone in doubt outside the failing stage")
+    if failing is not None:
+        begun = [i for ids in seen.ids("undo-attempt").values() for i in ids]
+        attempts = [i for ids in ran.values() for i in ids]
+        if begun and attempts and max(attempts) > min(begun):
+            wrong.append("a step ran after a compensation began")
+        undos = seen.ids(*_UNDONE)
+        if any(max(undos[a]) > min(undos[b]) for a in undos for b in undos if planned.before(a, b)):
+            wrong.append("undone out of order (stages not in reverse, or a member's steps)")
     if any(s.status in (StepStatus.RUNNING, StepStatus.COMPENSATING) for s in seen.steps):
         wrong.append("a step RUNNING or COMPENSATING in a finished saga")
+    if any(
+        (s.kwargs or {}).get("index", s.index) != s.index or s.stage != planned.steps[s.index].stage
+        for s in seen.steps
+    ):
+        wrong.append("step rows not numbered as planned")
+    if any(s.args is not None and list(s.args) != planned.feed(s.index) for s in seen.steps):
+        wrong.append("a step got other arguments than the results before it")
+    if any(s.result not in (None, s.index) for s in seen.steps):
+        wrong.append("a step's stored result is not its own")
+    if record.status is SagaStatus.COMPLETED and seen.output != planned.output:
+        wrong.append("the saga's result is not its last stage's")
     return wrong
 
 
-def _collect(env: SagaEnv, planned: list[Planned]) -> list[Seen]:
-    ids = {p.saga_id for p in planned}
-    ledgers: dict[str, Counter[tuple[str, str]]] = {i: Counter() for i in ids}
-    for entry in env.ledger.entries():
-        if entry.saga_id in ids:
-            ledgers[entry.saga_id][(entry.action, entry.tag)] += 1
+def _collect(env: SagaEnv, planned: list[Planned], entries: list[Any]) -> list[Seen]:
+    rows: dict[str, list[tuple[int, str, str]]] = {p.saga_id: [] for p in planned}
+    for entry in entries:
+        rows[entry.saga_id].append((entry.id, entry.action, entry.tag))
     seen = []
     for p in planned:
         result = SagaResult(p.saga_id, app=env.app)
-        seen.append(Seen(p, result.record, result.steps, ledgers[p.saga_id]))
+        record = result.record
+        output = None
+        if record is not None and record.status is SagaStatus.COMPLETED:
+            output = result.get(timeout=10)
+        seen.append(Seen(p, record, result.steps, rows[p.saga_id], output))
     return seen
 
 
 def _figures(seen: list[Seen]) -> Counter[str]:
     figures: Counter[str] = Counter(str(s.status.value if s.status else None).lower() for s in seen)
     for s in seen:
-        for step in s.planned.steps[: s.planned.ran]:
+        planned = s.planned
+        for step in planned.steps:
             runs = s.ledger[("attempt", str(step.index))]
             figures["step bodies run"] += runs
-            figures["of them more than planned"] += max(0, runs - step.runs)
-            if step.task == RETRYING and not step.fail:
-                figures["transient failures retried"] += min(runs - 1, step.flakes)
-        undone = sum(n for (action, _), n in s.ledger.items() if action == "undo")
+            if runs:
+                figures["of them more than planned"] += max(0, runs - step.runs)
+            if step.retrying and not step.fail:
+                figures["transient failures retried"] += min(max(runs - 1, 0), step.flakes)
+        undone = sum(n for (action, _), n in s.ledger.items() if action in _UNDONE)
         tries = sum(n for (action, _), n in s.ledger.items() if action == "undo-attempt")
         figures["compensation attempts failed and retried"] += tries - undone
+        if not planned.grouped:
+            continue
+        figures["with groups"] += 1
+        figures[f"with groups, {str(s.status.value if s.status else None).lower()}"] += 1
+        if planned.failing_stage in planned.groups:
+            figures["with groups, compensated as a member failed"] += 1
+        for index in planned.maybe:
+            if s.ledger[("undo", str(index))]:
+                figures["members in flight as their group failed, undone"] += 1
+        figures["members undone in doubt, nothing applied"] += len(s.ids("undo-nothing"))
     return figures
 
 
@@ -371,7 +714,8 @@ def _report(seen: list[Seen]) -> str:
     for s in seen:
         for violation in _violations(s):
             by_violation.setdefault(violation, []).append(s)
-    lines, examples = [], {}
+    lines: list[str] = []
+    examples: dict[str, Seen] = {}
     for violation, sagas in sorted(by_violation.items(), key=lambda item: -len(item[1])):
         kinds = dict(Counter(s.planned.kind for s in sagas))
         named = ", ".join(s.planned.saga_id for s in sagas[:3])
@@ -388,8 +732,27 @@ def _settings(broker: str) -> str:
     redis = f", visibility_timeout {VISIBILITY:g} s, {RESTORE}" if broker == "redis" else ""
     return (
         f"saga_step_lease {LEASE:g} s, saga_recovery_stall {STALL:g} s, "
-        f"recover(app) every {SWEEP_EVERY:g} s{redis}; one prefork worker of 2 processes"
+        f"recover(app) every {SWEEP_EVERY:g} s{redis}; "
+        f"one prefork worker of {CONCURRENCY} processes"
     )
+
+
+def _mix(planned: list[Planned]) -> Counter[str]:
+    """How many sagas with groups have each of the shapes the test means to have."""
+    mix: Counter[str] = Counter()
+    for p in planned:
+        if not p.grouped:
+            continue
+        mix["with groups"] += 1
+        mix["with a chain member"] += any(len(m) > 1 for n in p.groups for m in p.stages[n])
+        mix["starting with a group"] += 0 in p.groups
+        mix["ending with a group"] += len(p.stages) - 1 in p.groups
+        mix["with two groups"] += len(p.groups) > 1
+        mix["with a member failing for good"] += p.failing_stage in p.groups
+        mix["with a step after a group failing for good"] += bool(
+            p.failing_stage is not None and p.failing_stage not in p.groups and p.failing_stage
+        )
+    return mix
 
 
 @pytest.mark.parametrize(
@@ -400,8 +763,9 @@ def _settings(broker: str) -> str:
     ],
 )
 def test_chaos(broker: str, postgres_url: str, worker_logs: Path) -> None:
-    """Through transient step failures, kill -9s, a 10 s store cut and a broker restart,
-    every saga ends as planned, each effect applied once and undone once."""
+    """Through transient step failures, kill -9s (at least 3 while group members run), a
+    10 s store cut and a broker restart, every saga, linear or with groups, ends as
+    planned, each effect applied once and undone once, stage by stage in reverse."""
     if broker == "redis":  # a redis-server of the test's own, to restart
         server: RedisServer | None = RedisServer(
             require_binary("redis-server"), worker_logs / "chaos-redis-server.log"
@@ -411,6 +775,8 @@ def test_chaos(broker: str, postgres_url: str, worker_logs: Path) -> None:
         server = None
     queue = f"chaos-{uuid.uuid4().hex[:8]}"
     rng = random.Random(20261121)
+    grouped = [True] * GROUPED + [False] * (SAGAS - GROUPED)
+    rng.shuffle(grouped)
     conf: dict[str, Any] = {"saga_step_lease": LEASE, "saga_recovery_stall": STALL}
     if server is not None:
         conf["broker_transport_options"] = {"visibility_timeout": VISIBILITY, **RESTORE}
@@ -433,16 +799,17 @@ def test_chaos(broker: str, postgres_url: str, worker_logs: Path) -> None:
         )
         register_chaos_tasks(env.app)
         worker = WorkerProcess(
-            url, store_url, postgres_url, queue, worker_logs, f"chaos-{broker}",
+            url, store_url, postgres_url, queue, worker_logs, f"chaos-{broker}", CONCURRENCY,
             extra_env={"SAGA_TEST_CONF": json.dumps(conf)},
         )  # fmt: skip
         worker.start()
         stack.callback(worker.stop)
         swept = stack.enter_context(_sweeper(env))
         began = time.monotonic()
-        with Chaos(schedule, began, worker, proxy, server).running() as chaos:
-            for _ in range(SAGAS):  # at RATE, or slower while starts are refused (no catching up)
-                saga, plan = _plan(env, rng)
+        depths = stack.enter_context(_queue_depths(env, queue, began))
+        with Chaos(schedule, began, worker, proxy, server, env.ledger).running() as chaos:
+            for with_groups in grouped:  # at RATE, or slower while starts are refused
+                saga, plan = (_plan_grouped if with_groups else _plan)(env, rng)
                 _start(saga, plan, refused)
                 planned.append(plan)
                 time.sleep(1.0 / RATE)
@@ -453,8 +820,12 @@ def test_chaos(broker: str, postgres_url: str, worker_logs: Path) -> None:
             raise chaos.error
         running = _wait_until_all_end(env, planned, WAIT)
         waited = time.monotonic() - began
-        seen = _collect(env, planned)
+        ids = {p.saga_id for p in planned}
+        entries = [e for e in env.ledger.entries() if e.saga_id in ids]
+        seen = _collect(env, planned, entries)
     figures = _figures(seen)
+    caught = _caught_mid_group(chaos.kills, entries)
+    mid_group = sum(1 for attempts in caught if attempts)
     ends = [s.record.finished_at for s in seen if s.record and s.record.finished_at]
     last = max(chaos.faults, key=lambda f: f.over)
     wall = time.time() - (time.monotonic() - began)  # time.time() at the first start
@@ -464,15 +835,42 @@ def test_chaos(broker: str, postgres_url: str, worker_logs: Path) -> None:
         at = max(ends, default=datetime.now(UTC)).timestamp() - wall
         ended = f"all terminal at {at:.1f} s, {at - last.over:.1f} s after it"
     faults = ", ".join(f"{f.what} at {f.at:.1f}-{f.over:.1f} s" for f in chaos.faults)
+    cut = next(f.at for f in chaos.faults if f.what == "cut store")
+    deepest = (
+        max((n for t, n in depths if t < cut), default=0),
+        max((n for _, n in depths), default=0),
+    )
+    kills = "\n".join(
+        f"  {kill.what} at {kill.at:.1f} s: "
+        + (
+            f"cut short {len(attempts)} member attempts ("
+            + ", ".join(f"saga {e.saga_id} step {e.tag}" for e in attempts)
+            + ")"
+            if attempts
+            else "no member attempt cut short"
+        )
+        + (f"; aimed at {kill.aimed}" if kill.aimed else "")
+        for kill, attempts in zip(chaos.kills, caught, strict=True)
+    )
     print(
-        f"\nchaos on {broker}: {SAGAS} sagas started in {started:.1f} s; {_settings(broker)}\n"
+        f"\nchaos on {broker}: {SAGAS} sagas ({dict(_mix(planned))}) started in "
+        f"{started:.1f} s; {_settings(broker)}\n"
         f"faults: {faults}; a new worker ready at "
         f"{', '.join(f'{t:.1f}' for t in chaos.worker_back)} s\n"
+        f"queue depth at most {deepest[0]} before the store cut, {deepest[1]} in all\n"
+        f"kills mid-group (from the ledger): {mid_group} of {len(chaos.kills)}\n{kills}\n"
         f"last fault over at {last.over:.1f} s ({last.what}); {ended}\n"
         f"{dict(figures)}\n{dict(refused)}, sweep: {dict(swept)}; "
         f"test process CPU {sum(resource.getrusage(resource.RUSAGE_SELF)[:2]) - cpu:.1f} s"
     )
-    assert chaos.kills == sum(what.startswith("kill") for _, what in schedule)
+    assert len(chaos.kills) == sum(what.startswith("kill") for _, what in schedule)
     assert refused["starts refused: store unreachable"] > 0  # the cut did reach the producer
+    mix = _mix(planned)
+    assert mix["with groups"] == GROUPED
+    assert all(mix[shape] > 0 for shape in (
+        "with a chain member", "starting with a group", "ending with a group",
+        "with a member failing for good", "with a step after a group failing for good",
+    )), mix  # fmt: skip
     report = _report(seen)
     assert not report, f"chaos on {broker}: sagas not as planned\n{report}"
+    assert mid_group >= MID_GROUP, f"only {mid_group} kills landed mid-group:\n{kills}"

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,8 @@ from .envs import ROOT, wait_ready
 from .services import in_ci
 
 __all__ = [
+    "GROUP_RETRY_STEP",
+    "GROUP_STEP",
     "RETRY",
     "Flake",
     "RedisServer",
@@ -45,8 +48,13 @@ RETRY = RetryPolicy(
 )
 
 
+#: The steps of the sagas with groups: they leave the test evidence of each attempt.
+GROUP_STEP, GROUP_RETRY_STEP = "chaos.group_step", "chaos.group_retry_step"
+
+
 def register_chaos_tasks(app: Celery) -> None:
-    """Add ``chaos.retry_step`` to an app made by :func:`tests.support.app.make_app`."""
+    """Add the chaos test's own tasks to an app made by :func:`tests.support.app.make_app`:
+    ``chaos.retry_step`` and the steps of the sagas with groups."""
     ledger: Ledger = app.ledger  # type: ignore[attr-defined]
 
     @saga_step(compensate="chaos.undo", retry=RETRY)
@@ -64,6 +72,66 @@ def register_chaos_tasks(app: Celery) -> None:
             raise Flake(f"step {index} flaked (attempt {context.attempt})")
         ledger.add_once("do", str(index))
         return index
+
+    @app.task(name="chaos.group_undo", shared=False)
+    def group_undo(result: Any, *args: Any, index: int, undo_fails: int = 0, **kw: Any) -> None:
+        """Compensation of a step of a saga with groups: fails its first ``undo_fails``
+        attempts, then undoes the step's effect once if it was applied (a member killed
+        while its saga compensated is undone in doubt: it may not have applied it)."""
+        context = current_step()
+        assert context is not None
+        ledger.add("undo-attempt", str(index))
+        if context.attempt <= undo_fails:
+            raise StepFailure(f"undo of step {index} failed (attempt {context.attempt})")
+        time.sleep(kw.get("pause", 0.0))
+        if not ledger.count("do", str(index), context.saga_id):
+            ledger.add("undo-nothing", str(index))  # in doubt, and it had not taken effect
+            return
+        ledger.add_once("undo", str(index))
+
+    def attempt(index: int, fail: bool, flakes: int, pause: float, member: bool) -> int:
+        """One attempt, between an ``attempt`` and an ``end`` row of the same token: a token
+        without its ``end`` is an attempt whose process was killed in it. The ``attempt``
+        row says which process runs it and until when at least (``at`` + ``pause``)."""
+        context = current_step()
+        assert context is not None
+        token = uuid.uuid4().hex
+        at = time.time()
+        evidence = {"pid": os.getpid(), "token": token, "member": member, "at": at, "pause": pause}
+        ledger.add("attempt", str(index), evidence)
+        try:
+            time.sleep(pause)  # a window to be killed in
+            if fail:  # the same error every attempt: the one the saga must report
+                raise StepFailure(f"step {index} failed")
+            if context.attempt <= flakes:
+                raise Flake(f"step {index} flaked (attempt {context.attempt})")
+            ledger.add_once("do", str(index))
+            return index
+        finally:
+            ledger.add("end", str(index), {"token": token})
+
+    @saga_step(compensate=group_undo)
+    @app.task(name=GROUP_STEP, shared=False)
+    def group_step(
+        *args: Any, index: int, fail: bool, pause: float, member: bool = False, **kw: Any
+    ) -> int:
+        """A step of a saga with groups: fails before its effect, or applies it once."""
+        return attempt(index, fail, 0, pause, member)
+
+    @saga_step(compensate=group_undo, retry=RETRY)
+    @app.task(name=GROUP_RETRY_STEP, shared=False)
+    def group_retry_step(
+        *args: Any,
+        index: int,
+        fail: bool,
+        flakes: int,
+        pause: float,
+        member: bool = False,
+        **kw: Any,
+    ) -> int:
+        """``chaos.group_step`` with the retry policy: fails its first ``flakes`` attempts
+        with a transient error (then applies its effect once), or, with ``fail``, every one."""
+        return attempt(index, fail, flakes, pause, member)
 
 
 def chaos_app_from_env() -> Celery:
@@ -206,19 +274,31 @@ class WorkerProcess:
             )  # fmt: skip
         wait_ready(log, self.process)
 
-    def kill(self) -> None:
-        """``kill -9`` the worker's process group: the worker and its pool processes."""
+    def children(self) -> list[int]:
+        """The pids of the worker's pool processes."""
         assert self.process is not None
+        return _children(self.process.pid)
+
+    def kill(self) -> list[int]:
+        """``kill -9`` the worker's process group: the worker and its pool processes.
+
+        Returns their pids, the worker's first.
+        """
+        assert self.process is not None
+        pids = [self.process.pid, *self.children()]
         os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait()
         self.process = None
+        return pids
 
-    def kill_child(self) -> int:
-        """``kill -9`` one of the worker's pool processes (the worker starts another)."""
+    def kill_child(self, child: int | None = None) -> int:
+        """``kill -9`` one of the worker's pool processes, ``child`` or one at random (the
+        worker starts another)."""
         assert self.process is not None
-        children = _children(self.process.pid)
-        assert children, "the worker has no pool process"
-        child = random.choice(children)
+        if child is None:
+            children = self.children()
+            assert children, "the worker has no pool process"
+            child = random.choice(children)
         os.kill(child, signal.SIGKILL)
         return child
 
