@@ -57,14 +57,15 @@ def fresh_database() -> None:
 
 
 def start_worker(log: Path) -> subprocess.Popen[bytes]:
-    # The worker imports the library the client does (a PYTHONPATH given to this script).
+    # The worker imports the library the client does: the same PYTHONPATH after this
+    # directory, and a working directory (first on a `python -m`'s path) with no other.
     path = os.pathsep.join(filter(None, (str(HERE), os.environ.get("PYTHONPATH"))))
     env = {**os.environ, "PYTHONPATH": path, "BENCH_STORE": STORE_URL}
     command = [sys.executable, "-m", "celery", "-A", "bench_app", "worker", "-P", "prefork",
                "-c", "2", "-Q", "bench", "-l", "WARNING", "--without-gossip",
                "--without-mingle", "--without-heartbeat"]  # fmt: skip
     with log.open("wb") as out:
-        return subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+        return subprocess.Popen(command, env=env, cwd=HERE, stdout=out, stderr=subprocess.STDOUT)
 
 
 def wait_until(done: Callable[[], bool], interval: float, timeout: float = 300.0) -> None:
@@ -132,9 +133,12 @@ def main() -> None:
     from bench_app import app, boom, failing, noop, step, undo_group, undo_plain
     from celery import chain, chord, group, uuid
 
+    import celery_saga
     from celery_saga import saga
     from celery_saga._runtime import get_store
     from celery_saga.store.schema import saga_steps, sagas
+
+    print(f"celery_saga from {Path(celery_saga.__file__).parent}", flush=True)
 
     with app.connection_for_write() as connection:
         connection.default_channel.queue_purge("bench")  # type: ignore[attr-defined]
