@@ -45,7 +45,8 @@ from sqlalchemy import create_engine, func, select, text
 
 HERE = Path(__file__).resolve().parent
 ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-STORE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/celery_saga_bench"
+DATABASE = "celery_saga_bench"
+STORE_URL = f"postgresql+psycopg://postgres@127.0.0.1:5432/{DATABASE}"
 
 
 def fresh_database() -> None:
@@ -91,6 +92,13 @@ def cpu_seconds() -> dict[str, float]:
         elif "bench_app" in command:
             role = "worker"
         elif command.startswith("postgres"):
+            # A client backend's title is "postgres: <cluster>: <user> <database> <host>
+            # <state>": leave out those of other databases (another engineer's tests on
+            # the same server; one that exits mid-round would make the sum negative).
+            title = command.split(": ", 2)[-1].split()
+            client = len(title) >= 3 and (title[2].endswith(")") or title[2] == "[local]")
+            if client and title[1] != DATABASE:
+                continue
             role = "postgres"
         elif "redis-server" in command:
             role = "redis"
