@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from celery import Celery
+from celery import Celery, chord
 
 import celery_saga
 from celery_saga import saga_step
@@ -47,6 +47,30 @@ def boom(*args: Any) -> int:
 def undo_plain() -> int:
     """A plain compensation, sent by a hand-written ``link_error`` chain."""
     return 1
+
+
+@app.task
+def undo_group(request: Any, exc: Any, traceback: Any, *, members: list[str], last: str) -> None:
+    """The hand-written undo of ``a -> group(b, c, d) -> e`` in plain Celery.
+
+    A new-style errback on the chord's body: Celery calls it in the worker that returns
+    the header's last member (the chord join), once every member has finished, when one
+    of them failed. It reads the members' states from the result backend (one MGET),
+    then sends the compensations of those that succeeded side by side and, after them,
+    the compensation of ``a``: a chord whose body has the task id ``last`` (its result
+    says the undoing is over).
+    """
+    backend: Any = app.backend
+    metas = backend.mget([backend.get_key_for_task(member) for member in members])
+    succeeded = [
+        meta is not None and backend.decode_result(meta)["status"] == "SUCCESS" for meta in metas
+    ]
+    undo_a = undo_plain.si().set(task_id=last)
+    undo_members = [undo_plain.si() for ok in succeeded if ok]
+    if undo_members:
+        chord(undo_members, undo_a).apply_async()
+    else:
+        undo_a.apply_async()
 
 
 @saga_step(compensate=undo)

@@ -1,6 +1,13 @@
 """3-step saga vs plain 3-task Celery chain: same no-op tasks, same worker, one run.
 
     python benchmarks/throughput.py [--count 2000] [--rounds 10] [--latency 200]
+    python benchmarks/throughput.py --shape group [--failure] [...]
+
+``--shape group`` compares the saga ``a -> group(b, c, d) -> e`` with the same shape in
+plain Celery, ``chain(a, chord(group(b, c, d), e))`` (the chord joined in the Redis
+result backend); with ``--failure`` member c fails for good: the saga compensates b, d
+(those that ran) and a; the plain chord's body carries a hand-written errback
+(``bench_app.undo_group``) that does the same from the members' stored states.
 
 Needs Redis (broker, and result backend for the plain chains) and PostgreSQL (the saga
 store): it creates the database ``celery_saga_bench``. It starts one worker (prefork,
@@ -34,11 +41,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import create_engine, func, select, text
 
 HERE = Path(__file__).resolve().parent
 ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-STORE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/celery_saga_bench"
+DATABASE = "celery_saga_bench"
+STORE_URL = f"postgresql+psycopg://postgres@127.0.0.1:5432/{DATABASE}"
 
 
 def fresh_database() -> None:
@@ -50,12 +58,15 @@ def fresh_database() -> None:
 
 
 def start_worker(log: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONPATH": str(HERE), "BENCH_STORE": STORE_URL}
+    # The worker imports the library the client does: the same PYTHONPATH after this
+    # directory, and a working directory (first on a `python -m`'s path) with no other.
+    path = os.pathsep.join(filter(None, (str(HERE), os.environ.get("PYTHONPATH"))))
+    env = {**os.environ, "PYTHONPATH": path, "BENCH_STORE": STORE_URL}
     command = [sys.executable, "-m", "celery", "-A", "bench_app", "worker", "-P", "prefork",
                "-c", "2", "-Q", "bench", "-l", "WARNING", "--without-gossip",
                "--without-mingle", "--without-heartbeat"]  # fmt: skip
     with log.open("wb") as out:
-        return subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+        return subprocess.Popen(command, env=env, cwd=HERE, stdout=out, stderr=subprocess.STDOUT)
 
 
 def wait_until(done: Callable[[], bool], interval: float, timeout: float = 300.0) -> None:
@@ -81,6 +92,13 @@ def cpu_seconds() -> dict[str, float]:
         elif "bench_app" in command:
             role = "worker"
         elif command.startswith("postgres"):
+            # A client backend's title is "postgres: <cluster>: <user> <database> <host>
+            # <state>": leave out those of other databases (another engineer's tests on
+            # the same server; one that exits mid-round would make the sum negative).
+            title = command.split(": ", 2)[-1].split()
+            client = len(title) >= 3 and (title[2].endswith(")") or title[2] == "[local]")
+            if client and title[1] != DATABASE:
+                continue
             role = "postgres"
         elif "redis-server" in command:
             role = "redis"
@@ -104,19 +122,31 @@ def main() -> None:
         "--failure",
         action="store_true",
         help="the failure path: the 3rd step fails, the 2 before are compensated (the "
-        "plain chain's 3rd task fails and a hand-written link_error chain of 2 tasks runs)",
+        "plain chain's 3rd task fails and a hand-written link_error chain of 2 tasks runs); "
+        "with --shape group: member c fails, b, d and a are compensated",
+    )
+    parser.add_argument(
+        "--shape",
+        choices=("line", "group"),
+        default="line",
+        help="line: a -> b -> c (a plain chain); group: a -> group(b, c, d) -> e (plain: "
+        "chain(a, chord(group(b, c, d), e)), the chord joined in the Redis result backend)",
     )
     options = parser.parse_args()
+    grouped = options.shape == "group"
 
     fresh_database()
     os.environ["BENCH_STORE"] = STORE_URL
     sys.path.insert(0, str(HERE))
-    from bench_app import app, boom, failing, noop, step, undo_plain
-    from celery import chain, uuid
+    from bench_app import app, boom, failing, noop, step, undo_group, undo_plain
+    from celery import chain, chord, group, uuid
 
+    import celery_saga
     from celery_saga import saga
     from celery_saga._runtime import get_store
-    from celery_saga.store.schema import sagas
+    from celery_saga.store.schema import saga_steps, sagas
+
+    print(f"celery_saga from {Path(celery_saga.__file__).parent}", flush=True)
 
     with app.connection_for_write() as connection:
         connection.default_channel.queue_purge("bench")  # type: ignore[attr-defined]
@@ -125,7 +155,7 @@ def main() -> None:
     backend: Any = app.backend  # the Redis result backend: .client, .get_key_for_task
     redis = backend.client
 
-    def start_chain() -> str:
+    def start_line() -> str:
         if not options.failure:
             return str(chain(noop.s(0), noop.s(), noop.s()).apply_async().id)
         last = undo_plain.si().set(task_id=uuid())  # its result says the undoing is over
@@ -134,11 +164,30 @@ def main() -> None:
         plain.apply_async()
         return str(last.id)
 
-    outcome = "COMPENSATED" if options.failure else "COMPLETED"
-    last_step = failing if options.failure else step
+    def start_chord() -> str:
+        members = [noop.s(), boom.s() if options.failure else noop.s(), noop.s()]
+        ids = [uuid() for _ in members]
+        body = noop.s().set(task_id=uuid())
+        finished = str(body.id)
+        if options.failure:  # the undo of a: its result says the undoing is over
+            finished = uuid()
+            body.link_error(undo_group.s(members=ids, last=finished))
+        header = [member.set(task_id=task_id) for member, task_id in zip(members, ids, strict=True)]
+        chain(noop.s(0), chord(header, body)).apply_async()
+        return finished
 
-    def start_saga() -> str:
-        return saga(step.s(0), step.s(), last_step.s(), name="bench").apply_async().id
+    outcome = "COMPENSATED" if options.failure else "COMPLETED"
+    middle = failing if options.failure else step
+
+    def start_line_saga() -> str:
+        return saga(step.s(0), step.s(), middle.s(), name="bench").apply_async().id
+
+    def start_group_saga() -> str:
+        members = group(step.s(), middle.s(), step.s())
+        return saga(step.s(0), members, step.s(), name="bench").apply_async().id
+
+    start_chain = start_chord if grouped else start_line
+    start_saga = start_group_saga if grouped else start_line_saga
 
     def chains_done(ids: list[str]) -> Callable[[], bool]:
         pending = {backend.get_key_for_task(task_id) for task_id in ids}
@@ -216,11 +265,18 @@ def main() -> None:
     plain_rate = total / plain_time
     saga_rate = total / saga_time
     print()
-    path = "the 3rd failing, 2 compensations" if options.failure else "all succeeding"
-    print(f"{total} of each kind, 3 no-op steps each ({path}); one worker, prefork x2; "
+    if grouped:
+        what = "a -> group(b, c, d) -> e, no-op steps"
+        path = "c failing, b, d and a compensated" if options.failure else "all succeeding"
+        plain_label = "plain chord"
+    else:
+        what = "3 no-op steps each"
+        path = "the 3rd failing, 2 compensations" if options.failure else "all succeeding"
+        plain_label = "plain chain"
+    print(f"{total} of each kind, {what} ({path}); one worker, prefork x2; "
           f"Redis broker; saga store PostgreSQL; plain results in Redis")  # fmt: skip
     print(f"{'':14}{'per s':>10}{'p50 ms':>10}{'p95 ms':>10}")
-    for label, rate, lat in (("plain chain", plain_rate, plain_lat), ("saga", saga_rate, saga_lat)):
+    for label, rate, lat in ((plain_label, plain_rate, plain_lat), ("saga", saga_rate, saga_lat)):
         print(f"{label:14}{rate:>10.1f}{statistics.median(lat) * 1000:>10.1f}"
               f"{percentile(lat, 0.95) * 1000:>10.1f}")  # fmt: skip
     print(f"saga / plain throughput: {saga_rate / plain_rate:.2f}x overall, "
@@ -230,6 +286,17 @@ def main() -> None:
         f"{kind} " + " ".join(f"{role} {cpu[kind].get(role, 0.0) / total * 1000:.1f}"
                               for role in roles)
         for kind in ("plain", "saga")))  # fmt: skip
+    # What the sagas did, from the store: a step the saga refused to start (it was
+    # compensating already) has no started_at, and so nothing to compensate.
+    with store.engine.connect() as db:
+        count = db.execute(select(func.count()).select_from(sagas)).scalar_one()
+        ran, undone = db.execute(
+            select(
+                func.count(saga_steps.c.started_at), func.sum(saga_steps.c.compensation_attempts)
+            )
+        ).one()
+    print(f"sagas' work (all {count} of the run, from the store): {ran / count:.2f} steps "
+          f"started and {(undone or 0) / count:.2f} compensations run per saga")  # fmt: skip
 
 
 if __name__ == "__main__":
