@@ -63,6 +63,7 @@ from .machine import (
 from .signals import SagaEvent, StepEvent
 from .status import SagaStatus, StepStatus
 from .store import EncodedJSON
+from .store import Join as StoredJoin
 
 __all__ = ["check_store", "run_step"]
 
@@ -155,6 +156,7 @@ class _StepShell:
         self.started = time.monotonic()
         self.attempt = 0
         self.failure: dict[str, Any] | None = None  # the error it failed with, once recorded
+        self.joined: StoredJoin | None = None  # what its join found, when the step joined
 
     def event(self, **fields: Any) -> StepEvent:
         return StepEvent(
@@ -249,14 +251,16 @@ class _StepShell:
             raise Ignore() from None
 
     def send_stage(self, message: SendStage) -> None:
-        """The step completed its stage: send the next one, from the stored plan."""
+        """The step completed its stage: send the next one, from the plan its join read."""
         d = self.d
         try:
-            saga = self.store.get_saga(d.saga_id)
-            assert saga is not None
+            joined = self.joined
+            assert joined is not None
+            assert joined.plan is not None
             publish_stage(
-                self.app, d.saga_id, saga.plan, message.stage, saga.created_at, message.previous
-            )
+                self.app, d.saga_id, joined.plan, message.stage, joined.created_at,
+                message.previous,
+            )  # fmt: skip
         except Exception:
             # The join is recorded: never let Celery take this for the step's failure.
             logger.exception(
@@ -441,10 +445,9 @@ class _StepShell:
                 ),
                 p=pending,
             )
-            completion, recorded = (
-                joined.outcome,
-                SuccessRecorded(Outcome(joined.outcome.value), joined.results),
-            )
+            completion = joined.outcome
+            recorded = SuccessRecorded(Outcome(joined.outcome.value), joined.results)
+            self.joined = joined
         else:
             assert isinstance(transition, Complete)
             last = transition.last

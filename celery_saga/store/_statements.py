@@ -43,6 +43,7 @@ __all__ = [
     "FAIL_STEP",
     "INSERT_SAGA",
     "LOCK_SAGA",
+    "LOCK_SAGA_PLAN",
     "RELEASE_STEP",
     "SAGA_STATUS",
     "TO_UNDO",
@@ -151,6 +152,12 @@ COMPLETE_SAGA = (
 SAGA_STATUS = select(sagas.c.status).where(sagas.c.id == bindparam("p_saga"))
 #: The saga's status, its row locked until the transaction ends (a join's first statement).
 LOCK_SAGA = SAGA_STATUS.with_for_update()
+#: The same with its plan and start: what the member that joins its stage sends next.
+LOCK_SAGA_PLAN = (
+    select(sagas.c.status, sagas.c.plan, sagas.c.created_at)
+    .where(sagas.c.id == bindparam("p_saga"))
+    .with_for_update()
+)
 
 #: Step statuses whose compensation is still to run.
 TO_UNDO = (StepStatus.SUCCEEDED, StepStatus.TIMED_OUT, StepStatus.IN_DOUBT)

@@ -70,6 +70,7 @@ from ._statements import (
     FAIL_STEP,
     INSERT_SAGA,
     LOCK_SAGA,
+    LOCK_SAGA_PLAN,
     RELEASE_STEP,
     SAGA_STATUS,
     TO_UNDO,
@@ -185,6 +186,8 @@ class Join:
 
     outcome: Completion
     results: tuple[Any, ...] = ()  #: on ``JOINED`` and ``COMPLETED``: the stage's results
+    plan: dict[str, Any] | None = None  #: on ``JOINED``: the saga's plan, to send what is next
+    created_at: datetime | None = None  #: on ``JOINED``: when the saga was stored
 
 
 @dataclass(frozen=True)
@@ -491,7 +494,8 @@ class SagaStore:
         params = _recording(saga_id, index, token, result)
         c = saga_steps.c
         with self._write("record the step's result") as connection:
-            status = connection.execute(LOCK_SAGA, params).scalar()
+            saga = connection.execute(LOCK_SAGA_PLAN, params).first()
+            status = None if saga is None else saga.status
             if connection.execute(COMPLETE_STEP, params).rowcount != 1:
                 connection.rollback()
                 return Join(Completion.LOST)
@@ -508,7 +512,8 @@ class SagaStore:
                 return Join(Completion.RECORDED)
             results = tuple(done[end] for end in ends)
             if not final:
-                return Join(Completion.JOINED, results)
+                assert saga is not None
+                return Join(Completion.JOINED, results, saga.plan, aware(saga.created_at))
             connection.execute(COMPLETE_SAGA, params)
         return Join(Completion.COMPLETED, results)
 
