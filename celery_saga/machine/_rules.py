@@ -316,6 +316,14 @@ def _compensate(s: SagaState, undo: Sequence[int]) -> tuple[Message, ...]:
     return tuple(SendCompensations(chain) for chain in s.shape.undo_batch(undo))
 
 
+def _past_deadline(s: SagaState, now: datetime) -> Move | None:
+    """Stop the saga if its ``deadline=`` passed (None: it has none, or it has not)."""
+    if s.deadline is None or now <= s.created_at + timedelta(seconds=s.deadline):
+        return None
+    error = _deadline_error(s.deadline)
+    return Move(Stop(error), (Reconcile(),), "deadline", f"past its deadline of {s.deadline:g} s")
+
+
 def _what_next(s: SagaState, now: datetime, stall: float | None, force: bool = False) -> Move:
     """What is left to do with a saga that is not finished.
 
@@ -330,13 +338,9 @@ def _what_next(s: SagaState, now: datetime, stall: float | None, force: bool = F
     live = [st.index for st in s.steps if st.status is StepStatus.RUNNING and not lost(st)]
     gone = tuple(st.index for st in s.steps if lost(st))
     if s.status is SagaStatus.RUNNING:
-        past = s.deadline is not None and now > s.created_at + timedelta(seconds=s.deadline)
-        if past and not live:
-            assert s.deadline is not None
-            error = _deadline_error(s.deadline)
-            return Move(
-                Stop(error), (Reconcile(),), "deadline", f"past its deadline of {s.deadline:g} s"
-            )
+        stop = _past_deadline(s, now)
+        if stop is not None and not live:
+            return stop
         if gone:  # sent again, with the rest of its chain (its group's siblings run on)
             messages, steps = _send_steps(s, gone)
             why = f"the owner of step {gone[0]} is known dead"
@@ -362,13 +366,9 @@ def _what_next(s: SagaState, now: datetime, stall: float | None, force: bool = F
             steps=steps,
         )
     if s.status is SagaStatus.WAITING:
-        past = s.deadline is not None and now > s.created_at + timedelta(seconds=s.deadline)
-        if past:
-            assert s.deadline is not None
-            error = _deadline_error(s.deadline)
-            return Move(
-                Stop(error), (Reconcile(),), "deadline", f"past its deadline of {s.deadline:g} s"
-            )
+        stop = _past_deadline(s, now)
+        if stop is not None:
+            return stop
         for st in s.steps:
             until = st.lease_expires_at
             if st.status is StepStatus.WAITING and until is not None and until <= now:
