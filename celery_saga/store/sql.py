@@ -27,16 +27,14 @@ Options:
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
     Connection,
-    Engine,
     Executable,
     Row,
     and_,
@@ -44,17 +42,15 @@ from sqlalchemy import (
     delete,
     exists,
     func,
-    null,
     or_,
     select,
     update,
 )
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError
 
-from ..errors import SagaStoreError, SagaValidationError
+from ..errors import SagaValidationError
 from ..records import SagaRecord, StepRecord
 from ..status import SagaStatus, StepStatus
-from . import migrations
 from ._rows import aware, pending_step, saga_record, step_record, utcnow
 from ._statements import (
     CLAIM_COMPENSATION,
@@ -74,9 +70,9 @@ from ._statements import (
     RELEASE_STEP,
     SAGA_STATUS,
     TO_UNDO,
-    claim_by_insert,
 )
-from .engine import READ_ONLY, EncodedJSON, make_engine
+from ._waits import Waiting, WaitStore
+from .engine import EncodedJSON, make_engine
 from .schema import saga_steps, sagas
 
 __all__ = [
@@ -91,14 +87,6 @@ __all__ = [
     "make_engine",
     "utcnow",
 ]
-
-T = TypeVar("T")
-
-
-def _naive(value: datetime) -> datetime:
-    """A timestamp as the tables store it: naive UTC."""
-    return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo else value
-
 
 #: The most entries ``attempt_errors`` keeps on a step (the newest).
 MAX_ATTEMPT_ERRORS = 50
@@ -202,15 +190,6 @@ class FailureRecord:
 
 
 @dataclass(frozen=True)
-class Waiting:
-    """What putting a saga to wait found (see :meth:`SagaStore.enter_wait`)."""
-
-    outcome: str
-    due: datetime | None = None  #: when the wait ends on its own (aware UTC)
-    entered: bool = False  #: this call put the saga to wait
-
-
-@dataclass(frozen=True)
 class Claim:
     """The outcome of a claim; on ``CLAIMED`` also the step's stored row."""
 
@@ -221,124 +200,13 @@ class Claim:
     step: StepRecord | None = None
 
 
-class SagaStore:
+class SagaStore(WaitStore):
     """Saga and step rows in a SQL database.
+
+    (Its connections and plumbing are in :mod:`._base`, its waits in :mod:`._waits`.)
 
     .. versionadded:: 0.1
     """
-
-    def __init__(
-        self,
-        url: str,
-        *,
-        engine_options: Mapping[str, Any] | None = None,
-        create_tables: bool = True,
-    ) -> None:
-        self.engine = make_engine(url, engine_options)
-        self.create_tables = create_tables
-        self._schema_ready = False
-        # A write of one statement is atomic by itself: on servers, run it in autocommit
-        # and save the BEGIN and COMMIT round trips. (SQLite keeps BEGIN IMMEDIATE.)
-        dialect = self.engine.dialect
-        self._claim_insert = claim_by_insert(dialect.name, dialect.insert_returning)
-        # (An engine of its own, made in autocommit, so its pooled connections are not
-        # switched in and out of autocommit on every checkout.)
-        self._autocommit: Engine | None = (
-            None
-            if self.engine.dialect.name == "sqlite"
-            else make_engine(url, {**(engine_options or {}), "isolation_level": "AUTOCOMMIT"})
-        )
-
-    # -- plumbing -----------------------------------------------------------------
-
-    @property
-    def engines(self) -> tuple[Engine, ...]:
-        """Every engine the store writes through (to watch its statements, e.g. in tests)."""
-        return (self.engine,) if self._autocommit is None else (self.engine, self._autocommit)
-
-    @property
-    def safe_url(self) -> str:
-        """The store's URL with any password hidden."""
-        return self.engine.url.render_as_string(hide_password=True)
-
-    def ensure_schema(self) -> None:
-        """Create or upgrade the tables, once per process (if ``create_tables``)."""
-        if self._schema_ready or not self.create_tables:
-            return
-        with self._errors("create the saga tables"):
-            migrations.upgrade(self.engine)
-        self._schema_ready = True
-
-    def schema_version(self) -> int:
-        """The schema version of the store's tables (0: none yet); changes nothing."""
-        with self._errors("read the schema version"), self.engine.connect() as connection:
-            return migrations.current_version(connection)
-
-    def upgrade_schema(self) -> tuple[int, int]:
-        """Create or upgrade the tables; ``(version before, version after)``."""
-        with self._errors("upgrade the schema"):
-            versions = migrations.upgrade(self.engine)
-        self._schema_ready = True
-        return versions
-
-    @contextmanager
-    def _errors(self, doing: str) -> Iterator[None]:
-        try:
-            yield
-        except (OperationalError, DBAPIError) as exc:
-            if isinstance(exc, IntegrityError):
-                raise
-            cause = (
-                f"{type(exc.orig).__name__ if exc.orig else type(exc).__name__}: "
-                f"{str(exc.orig or exc).strip().splitlines()[0]}"
-            )
-            if exc.statement is None:  # it failed to connect: no statement was sent
-                raise SagaStoreError(
-                    f"saga store {self.safe_url} cannot be reached (to {doing}): {cause}; "
-                    f"is the database server up, and saga_store_url right?"
-                ) from exc
-            raise SagaStoreError(f"saga store {self.safe_url} could not {doing}: {cause}") from exc
-
-    @contextmanager
-    def _write(self, doing: str) -> Iterator[Connection]:
-        self.ensure_schema()
-        with self._errors(doing), self.engine.begin() as connection:
-            yield connection
-
-    @contextmanager
-    def _write_one(self, doing: str) -> Iterator[Connection]:
-        """A connection for a write that is a single statement (or needs no atomicity)."""
-        if self._autocommit is None:
-            with self._write(doing) as connection:
-                yield connection
-            return
-        self.ensure_schema()
-        with self._errors(doing), self._autocommit.connect() as connection:
-            yield connection
-
-    def _read(self, doing: str, read: Callable[[Connection], T]) -> T:
-        """Run ``read`` on a connection; once more if a stale pooled one was dropped.
-
-        After the database went away, the first use of each pooled connection fails;
-        a read is safe to repeat on a fresh one (writes are retried by their callers).
-        """
-        self.ensure_schema()
-        for attempt in (1, 2):
-            try:
-                with self._errors(doing), self.engine.connect() as connection:
-                    return read(connection.execution_options(**READ_ONLY))
-            except SagaStoreError as exc:
-                cause = exc.__cause__
-                stale = isinstance(cause, DBAPIError) and cause.connection_invalidated
-                if attempt == 2 or not stale:
-                    raise
-        raise AssertionError("unreachable")
-
-    def dispose(self, *, close: bool = True) -> None:
-        """Drop the connection pools (``close=False`` in a forked child)."""
-        self.engine.dispose(close=close)
-        if self._autocommit is not None:
-            self._autocommit.dispose(close=close)
 
     # -- starting ----------------------------------------------------------------
 
@@ -516,137 +384,6 @@ class SagaStore:
                 return Join(Completion.JOINED, results, saga.plan, aware(saga.created_at))
             connection.execute(COMPLETE_SAGA, params)
         return Join(Completion.COMPLETED, results)
-
-    # -- waits --------------------------------------------------------------------
-
-    def enter_wait(
-        self,
-        saga_id: str,
-        index: int,
-        *,
-        due: datetime | None,
-        args: Sequence[Any],
-        stage: int,
-        task: str,
-        final: bool,
-    ) -> Waiting:
-        """Put a running saga to wait at step ``index`` until ``due`` (None: a signal only).
-
-        One transaction, the saga's row locked first (as :meth:`deliver_signal` does):
-        ``waiting`` (now, or already: ``due`` is the stored one), ``recorded`` (a signal
-        kept for it resolves it at once; with ``final``, ``completed``), ``stopped``
-        (the saga is not running), ``done`` (resolved before) or ``missing``.
-        """
-        now = utcnow()
-        c = saga_steps.c
-        params = {"p_saga": saga_id, "p_now": now}
-        with self._write("put the saga to wait") as connection:
-            status = connection.execute(LOCK_SAGA, params).scalar()
-            if status is None:
-                return Waiting("missing")
-            row = connection.execute(
-                select(c.status, c.finished_at, c.lease_expires_at).where(
-                    c.saga_id == saga_id, c.idx == index
-                )
-            ).first()
-            if row is not None and row.status == StepStatus.WAITING:
-                return Waiting("waiting", aware(row.lease_expires_at))
-            if status != SagaStatus.RUNNING:
-                return Waiting("stopped")
-            if row is not None and (row.status != StepStatus.PENDING or row.finished_at is None):
-                return Waiting("done")
-            if row is None:
-                connection.execute(
-                    saga_steps.insert().values(
-                        saga_id=saga_id, idx=index, stage=stage, task=task,
-                        status=StepStatus.WAITING, attempts=1, started_at=now, args=list(args),
-                        kwargs={}, lease_expires_at=None if due is None else _naive(due),
-                        compensation_attempts=0,
-                    )
-                )  # fmt: skip
-                connection.execute(
-                    update(sagas)
-                    .where(sagas.c.id == saga_id, sagas.c.status == SagaStatus.RUNNING)
-                    .values(status=SagaStatus.WAITING, updated_at=now)
-                )
-                return Waiting("waiting", due, entered=True)
-            connection.execute(  # a signal came first: it is the stage's result
-                update(saga_steps)
-                .where(c.saga_id == saga_id, c.idx == index)
-                .values(status=StepStatus.SUCCEEDED, attempts=1, started_at=now, finished_at=now)
-            )
-            if not final:
-                return Waiting("recorded")
-            connection.execute(COMPLETE_SAGA, params)
-        return Waiting("completed")
-
-    def resolve_wait(
-        self,
-        saga_id: str,
-        index: int,
-        *,
-        step_status: StepStatus,
-        saga_status: SagaStatus,
-        result: Any = None,
-        error: Mapping[str, Any] | None = None,
-    ) -> bool:
-        """End the wait at step ``index`` if the saga still waits there (False: it did not).
-
-        The step becomes ``step_status`` with ``result`` or ``error``, the saga
-        ``saga_status`` (with ``error``, when given, as the saga's).
-        """
-        now = utcnow()
-        c = saga_steps.c
-        saga_values: dict[str, Any] = {"status": saga_status, "updated_at": now}
-        if error is not None:
-            saga_values.update(error=dict(error), failed_step=index)
-        if saga_status.is_terminal:
-            saga_values["finished_at"] = now
-        with self._write("end the wait") as connection:
-            connection.execute(LOCK_SAGA, {"p_saga": saga_id})
-            ended = connection.execute(
-                update(saga_steps)
-                .where(c.saga_id == saga_id, c.idx == index, c.status == StepStatus.WAITING)
-                .values(
-                    status=step_status,
-                    result=result,
-                    finished_at=now,
-                    lease_expires_at=None,
-                    error=None if error is None else dict(error),
-                )
-            ).rowcount
-            if ended != 1:
-                connection.rollback()
-                return False
-            connection.execute(
-                update(sagas)
-                .where(sagas.c.id == saga_id, sagas.c.status == SagaStatus.WAITING)
-                .values(**saga_values)
-            )
-        return True
-
-    def keep_signal(self, saga_id: str, index: int, payload: Any, *, stage: int, task: str) -> bool:
-        """Keep a signal for the wait at step ``index`` the saga has not reached yet.
-
-        Its row is made ``PENDING`` with the payload as its result. False: the row
-        exists already (a signal was kept, or the saga got there meanwhile).
-        """
-        now = utcnow()
-        c = saga_steps.c
-        with self._write("keep the signal") as connection:
-            connection.execute(LOCK_SAGA, {"p_saga": saga_id})
-            if connection.execute(
-                select(c.idx).where(c.saga_id == saga_id, c.idx == index)
-            ).first():
-                return False
-            connection.execute(
-                saga_steps.insert().values(
-                    saga_id=saga_id, idx=index, stage=stage, task=task,
-                    status=StepStatus.PENDING, attempts=0, result=payload, finished_at=now,
-                    compensation_attempts=0,
-                )
-            )  # fmt: skip
-        return True
 
     def fail_step(
         self,
@@ -983,14 +720,6 @@ class SagaStore:
             )
         return ended.rowcount == 1
 
-    def park(self, saga_id: str, note: Mapping[str, Any] | None) -> None:
-        """Note why the saga waits for a worker that has one of its tasks (None: it does not)."""
-        values: dict[str, Any] = {"parked": null() if note is None else dict(note)}
-        if note is not None:  # its message goes round: that is not a stall
-            values["updated_at"] = utcnow()
-        with self._write_one("note the parked saga") as connection:
-            connection.execute(update(sagas).where(sagas.c.id == saga_id).values(**values))
-
     def note_recovery_error(self, saga_id: str, error: Mapping[str, Any]) -> None:
         """Keep on the saga what the recovery sweep could not do with it."""
         with self._write_one("record the recovery error") as connection:
@@ -1018,20 +747,6 @@ class SagaStore:
                 update(saga_steps).where(*where).values(lease_expires_at=now)
             )
         return expired.rowcount
-
-    def expire_waits(self, saga_id: str | None = None) -> int:
-        """Make the timed waits and sleeps due now (for tests: no sleeping through them).
-
-        :meth:`celery_saga.testing.Faults.fast_forward`; returns how many it made due.
-        """
-        c = saga_steps.c
-        now = utcnow()
-        where = [c.status == StepStatus.WAITING, c.lease_expires_at > now]
-        if saga_id is not None:
-            where.append(c.saga_id == saga_id)
-        with self._write_one("fast-forward the waits") as connection:
-            due = connection.execute(update(saga_steps).where(*where).values(lease_expires_at=now))
-        return due.rowcount
 
     # -- reading ------------------------------------------------------------------
 

@@ -1,0 +1,136 @@
+"""The store's engines and plumbing: connections, error translation, schema set-up."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+
+from ..errors import SagaStoreError
+from . import migrations
+from ._statements import claim_by_insert
+from .engine import READ_ONLY, make_engine
+
+__all__ = ["StoreBase"]
+
+T = TypeVar("T")
+
+
+class StoreBase:
+    """What every part of the SQL store stands on: the engines, writes and reads."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        engine_options: Mapping[str, Any] | None = None,
+        create_tables: bool = True,
+    ) -> None:
+        self.engine = make_engine(url, engine_options)
+        self.create_tables = create_tables
+        self._schema_ready = False
+        # A write of one statement is atomic by itself: on servers, run it in autocommit
+        # and save the BEGIN and COMMIT round trips. (SQLite keeps BEGIN IMMEDIATE.)
+        dialect = self.engine.dialect
+        self._claim_insert = claim_by_insert(dialect.name, dialect.insert_returning)
+        # (An engine of its own, made in autocommit, so its pooled connections are not
+        # switched in and out of autocommit on every checkout.)
+        self._autocommit: Engine | None = (
+            None
+            if self.engine.dialect.name == "sqlite"
+            else make_engine(url, {**(engine_options or {}), "isolation_level": "AUTOCOMMIT"})
+        )
+
+    # -- plumbing -----------------------------------------------------------------
+
+    @property
+    def engines(self) -> tuple[Engine, ...]:
+        """Every engine the store writes through (to watch its statements, e.g. in tests)."""
+        return (self.engine,) if self._autocommit is None else (self.engine, self._autocommit)
+
+    @property
+    def safe_url(self) -> str:
+        """The store's URL with any password hidden."""
+        return self.engine.url.render_as_string(hide_password=True)
+
+    def ensure_schema(self) -> None:
+        """Create or upgrade the tables, once per process (if ``create_tables``)."""
+        if self._schema_ready or not self.create_tables:
+            return
+        with self._errors("create the saga tables"):
+            migrations.upgrade(self.engine)
+        self._schema_ready = True
+
+    def schema_version(self) -> int:
+        """The schema version of the store's tables (0: none yet); changes nothing."""
+        with self._errors("read the schema version"), self.engine.connect() as connection:
+            return migrations.current_version(connection)
+
+    def upgrade_schema(self) -> tuple[int, int]:
+        """Create or upgrade the tables; ``(version before, version after)``."""
+        with self._errors("upgrade the schema"):
+            versions = migrations.upgrade(self.engine)
+        self._schema_ready = True
+        return versions
+
+    @contextmanager
+    def _errors(self, doing: str) -> Iterator[None]:
+        try:
+            yield
+        except (OperationalError, DBAPIError) as exc:
+            if isinstance(exc, IntegrityError):
+                raise
+            cause = (
+                f"{type(exc.orig).__name__ if exc.orig else type(exc).__name__}: "
+                f"{str(exc.orig or exc).strip().splitlines()[0]}"
+            )
+            if exc.statement is None:  # it failed to connect: no statement was sent
+                raise SagaStoreError(
+                    f"saga store {self.safe_url} cannot be reached (to {doing}): {cause}; "
+                    f"is the database server up, and saga_store_url right?"
+                ) from exc
+            raise SagaStoreError(f"saga store {self.safe_url} could not {doing}: {cause}") from exc
+
+    @contextmanager
+    def _write(self, doing: str) -> Iterator[Connection]:
+        self.ensure_schema()
+        with self._errors(doing), self.engine.begin() as connection:
+            yield connection
+
+    @contextmanager
+    def _write_one(self, doing: str) -> Iterator[Connection]:
+        """A connection for a write that is a single statement (or needs no atomicity)."""
+        if self._autocommit is None:
+            with self._write(doing) as connection:
+                yield connection
+            return
+        self.ensure_schema()
+        with self._errors(doing), self._autocommit.connect() as connection:
+            yield connection
+
+    def _read(self, doing: str, read: Callable[[Connection], T]) -> T:
+        """Run ``read`` on a connection; once more if a stale pooled one was dropped.
+
+        After the database went away, the first use of each pooled connection fails;
+        a read is safe to repeat on a fresh one (writes are retried by their callers).
+        """
+        self.ensure_schema()
+        for attempt in (1, 2):
+            try:
+                with self._errors(doing), self.engine.connect() as connection:
+                    return read(connection.execution_options(**READ_ONLY))
+            except SagaStoreError as exc:
+                cause = exc.__cause__
+                stale = isinstance(cause, DBAPIError) and cause.connection_invalidated
+                if attempt == 2 or not stale:
+                    raise
+        raise AssertionError("unreachable")
+
+    def dispose(self, *, close: bool = True) -> None:
+        """Drop the connection pools (``close=False`` in a forked child)."""
+        self.engine.dispose(close=close)
+        if self._autocommit is not None:
+            self._autocommit.dispose(close=close)
