@@ -46,7 +46,7 @@ from .status import SagaStatus, StepStatus
 from .store import SagaStore
 from .waits import WAIT_TASK
 
-__all__ = ["carry_out", "load", "settle", "state_of"]
+__all__ = ["carry_out", "load", "park", "settle", "state_of"]
 
 logger = get_task_logger("celery_saga.recovery")
 
@@ -199,6 +199,23 @@ def _wait_ended(saga: SagaRecord, move: Move, steps: Sequence[StepRecord] | None
         saga.id, saga.name, waiting.index, WAIT_TASK, duration=duration, reason=reason
     )
     signals.wait_ended.send(sender=saga.name, event=event)
+
+
+def park(app: Celery, saga: SagaRecord, index: int, task: str, worker: str) -> None:
+    """Note that the saga waits for a worker that has ``task`` (its message goes round)."""
+    delay = get_config(app).park_retry
+    text = (
+        f"task {task!r} is not registered on {worker} (saga version "
+        f"{saga.version or 'none given'}): the saga waits for a worker that has it; its "
+        f"message is sent again every {delay:g} s"
+    )
+    note = {"task": task, "version": saga.version, "worker": worker, "message": text,
+            "at": _now().isoformat()}  # fmt: skip
+    get_store(app).park(saga.id, note)
+    logger.error("saga %s step %d: %s", saga.id, index, text)
+    signals.saga_parked.send(
+        sender=saga.name, event=StepEvent(saga.id, saga.name, index, task, reason=text)
+    )
 
 
 def settle(app: Celery, saga_id: str) -> Move | None:

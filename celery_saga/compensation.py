@@ -28,13 +28,22 @@ from ._heartbeat import held
 from ._runtime import get_store
 from .config import get_config
 from .context import StepContext, running
-from .dispatch import COMPENSATE_TASK, compensation_delivery, resend_later, retry_later
+from .dispatch import (
+    COMPENSATE_TASK,
+    HEADER,
+    compensation_delivery,
+    republish,
+    resend_later,
+    retry_later,
+)
 from .errors import SagaConfigurationError, SagaStoreError
 from .machine import (
     CompensationClaimed,
     CompensationFailed,
     CompensationSucceeded,
+    CompensationUnavailable,
     Drop,
+    GiveBackCompensation,
     Move,
     Outcome,
     Reconcile,
@@ -100,6 +109,18 @@ def _compensate(
     assert step is not None
     assert step.compensate is not None
     sender = step.compensate
+    compensation = app.tasks.get(step.compensate)
+    if compensation is None:  # another deploy's worker: park, never give up for that
+        move = decide(d, CompensationUnavailable(config.park_retry), compensation=True)
+        assert isinstance(move.transition, GiveBackCompensation)
+        delay = move.transition.delay
+        guard(lambda: store.give_back_compensation(saga_id, index, token, delay))
+        saga = guard(lambda: store.get_saga(saga_id))
+        if saga is not None:
+            worker = self.request.hostname or "this worker"
+            guard(lambda: _drive.park(app, saga, index, step.compensate or "", worker))
+        raise republish(self, delay, k=1)
+    parked = bool((self.request.get(HEADER) or {}).get("k"))
 
     def event(**fields: Any) -> StepEvent:
         return StepEvent(
@@ -133,11 +154,6 @@ def _compensate(
             running(context),
         ):
             inject("body", context, names)
-            compensation = app.tasks.get(step.compensate)
-            if compensation is None:
-                raise SagaConfigurationError(
-                    f"compensation task {step.compensate!r} is not registered in this worker"
-                )
             compensation(step.result, *(step.args or ()), **(step.kwargs or {}))
     except Exception as exc:
         error = describe_error(exc)
@@ -187,6 +203,8 @@ def _compensate(
     inject("done", context, names)
     move = decide(d, CompensationSucceeded(), compensation=True)
     guard(lambda: store.finish_compensation(saga_id, index, token))
+    if parked:  # it waited for a worker with its task: this one has it
+        guard(lambda: store.park(saga_id, None))
     signals.compensation_succeeded.send(
         sender=sender, event=event(duration=time.monotonic() - started)
     )

@@ -18,11 +18,10 @@ from typing import Any
 from celery import Celery, signals
 from celery.utils.log import get_task_logger
 
-from . import signals as saga_signals
+from . import _drive
 from ._runtime import get_store
 from .config import get_config
 from .dispatch import COMPENSATE_TASK, HEADER
-from .signals import StepEvent
 from .status import SagaStatus
 
 __all__ = ["connect_parking"]
@@ -70,18 +69,7 @@ def _on_unknown_task(sender: Any, message: Any, name: str, **_: Any) -> None:
                 "unknown" if record is None else record.status.value,
             )
             return
-        version = record.version
-        text = (
-            f"task {name!r} is not registered on {worker} (saga version "
-            f"{version or 'none given'}): the saga waits for a worker that has it; its "
-            f"message is sent again every {delay:g} s"
-        )
-        note = {"task": name, "version": version, "worker": worker, "message": text,
-                "at": datetime.now(UTC).isoformat()}  # fmt: skip
-        store.park(saga_id, note)
-        logger.error("saga %s step %s: %s", saga_id, header.get("i"), text)
-        event = StepEvent(saga_id, header.get("name", ""), header.get("i", 0), name, reason=text)
-        saga_signals.saga_parked.send(sender=header.get("name", ""), event=event)
+        _drive.park(app, record, header.get("i", 0), name, worker)
     except Exception:  # the message is sent again below even if the store is down
         logger.exception("saga %s: could not park the saga", saga_id)
     try:

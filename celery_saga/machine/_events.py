@@ -19,6 +19,7 @@ __all__ = [
     "CompensationClaimed",
     "CompensationFailed",
     "CompensationSucceeded",
+    "CompensationUnavailable",
     "Delivered",
     "Event",
     "FailureRecorded",
@@ -136,6 +137,16 @@ class CompensationFailed:
 
 
 @dataclass(frozen=True)
+class CompensationUnavailable:
+    """The compensation's task is not registered on this worker (another deploy's).
+
+    ``delay``: seconds after which its message comes back (``saga_park_retry``).
+    """
+
+    delay: float
+
+
+@dataclass(frozen=True)
 class CompensationSucceeded:
     """The compensation returned."""
 
@@ -219,6 +230,7 @@ Event: TypeAlias = (
     | CompensationClaimed
     | CompensationFailed
     | CompensationSucceeded
+    | CompensationUnavailable
     | Settle
     | Sweep
     | Resume

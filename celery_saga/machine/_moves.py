@@ -16,6 +16,7 @@ __all__ = [
     "EndCompensation",
     "Ended",
     "Fail",
+    "GiveBackCompensation",
     "Join",
     "KeepSignal",
     "MarkInDoubt",
@@ -152,6 +153,13 @@ class RecordCompensation:
 
 
 @dataclass(frozen=True)
+class GiveBackCompensation:
+    """Give a claimed compensation back unrun (not an attempt), due again in ``delay`` s."""
+
+    delay: float
+
+
+@dataclass(frozen=True)
 class EndCompensation:
     """End a compensating saga: ``FAILED`` if a compensation gave up, else ``COMPENSATED``."""
 
@@ -175,6 +183,7 @@ Transition: TypeAlias = (
     | ClaimCompensation
     | QueueCompensations
     | RecordCompensation
+    | GiveBackCompensation
     | EndCompensation
     | Reopen
 )

@@ -19,6 +19,7 @@ from ._events import (
     CompensationClaimed,
     CompensationFailed,
     CompensationSucceeded,
+    CompensationUnavailable,
     Delivered,
     Event,
     FailureRecorded,
@@ -38,6 +39,7 @@ from ._moves import (
     EndCompensation,
     Ended,
     Fail,
+    GiveBackCompensation,
     Join,
     MarkInDoubt,
     Message,
@@ -204,6 +206,12 @@ def _compensation_failed(d: Delivery, e: CompensationFailed) -> Move:
     if not e.final and e.retries < e.max_retries:
         return Move(RecordCompensation(failed=True), (RetryLater(e.delay),), "retry")
     return Move(RecordCompensation(failed=True, gave_up=True), _then(d), "gave up")
+
+
+def _compensation_unavailable(d: Delivery, e: CompensationUnavailable) -> Move:
+    # parked: a worker of another deploy took it; one that has the task runs it later
+    reason = "its task is not registered on this worker"
+    return Move(GiveBackCompensation(e.delay), (RetryLater(e.delay),), "parked", reason)
 
 
 def _compensation_succeeded(d: Delivery, e: CompensationSucceeded) -> Move:
@@ -443,6 +451,7 @@ COMPENSATION_RULES: Mapping[type, Rule] = {
     CompensationClaimed: _compensation_claimed,
     CompensationFailed: _compensation_failed,
     CompensationSucceeded: _compensation_succeeded,
+    CompensationUnavailable: _compensation_unavailable,
 }
 _ANY = tuple(SagaStatus)
 #: Rules for the whole stored saga, by event, with the statuses that accept it.

@@ -637,6 +637,30 @@ class SagaStore(WaitStore):
                 == 1
             )
 
+    def give_back_compensation(self, saga_id: str, index: int, token: str, delay: float) -> bool:
+        """Give a claimed compensation back unrun: no attempt counted, due in ``delay`` s.
+
+        (Its task is not registered on the worker that claimed it.) False: not the owner.
+        """
+        now = utcnow()
+        c = saga_steps.c
+        with self._write_one("give the compensation back") as connection:
+            given = connection.execute(
+                update(saga_steps)
+                .where(
+                    c.saga_id == saga_id,
+                    c.idx == index,
+                    c.claim == token,
+                    c.status == StepStatus.COMPENSATING,
+                )
+                .values(
+                    claim=None,
+                    lease_expires_at=now + timedelta(seconds=delay),
+                    compensation_attempts=c.compensation_attempts - 1,
+                )
+            )
+        return given.rowcount == 1
+
     def cancel_saga(self, saga_id: str, error: Mapping[str, Any]) -> bool:
         """Stop a running (or waiting) saga: no step may be claimed from now on.
 

@@ -287,6 +287,42 @@ def test_worker_without_a_task_parks_the_saga_until_one_with_it_comes(
     assert env.ledger.count("do", "n", started.id) == 1
 
 
+def test_worker_without_a_compensation_parks_it_instead_of_giving_up(
+    postgres_url: str, worker_logs: Path
+) -> None:
+    """A worker without a compensation's task gives it back unrun and parks the saga; a
+    worker that has the task undoes the step, once, and the saga ends COMPENSATED."""
+    require("redis")
+    queue = f"park-{uuid.uuid4().hex[:8]}"
+    old = {"SAGA_TEST_WITHOUT": "shop.undo", "SAGA_TEST_CONF": json.dumps({"saga_park_retry": 0.5})}
+    with broker_env("park", REDIS_URL, postgres_url, postgres_url, queue) as env:
+        started = env.saga(
+            env.sig("act", tag="a"), env.sig("act", tag="b", fail=True), name="parked"
+        ).apply_async(saga_id=new_id())
+        with worker_process(
+            REDIS_URL, postgres_url, postgres_url, queue, worker_logs / "park-undo-old.log",
+            extra_env=old,
+        ):  # fmt: skip
+            _wait(lambda: started.record is not None and started.record.parked is not None)
+            record = started.record
+            assert record is not None
+            assert record.parked is not None
+            assert record.parked["task"] == "shop.undo"
+            assert started.status is SagaStatus.COMPENSATING
+        with (
+            worker_process(
+                REDIS_URL, postgres_url, postgres_url, queue, worker_logs / "park-undo-new.log"
+            ),
+            pytest.raises(SagaCompensated),
+        ):
+            started.get(timeout=30)
+        record = started.record
+        assert record is not None
+        assert record.parked is None
+        assert started.steps[0].compensation_attempts == 1  # the give-backs were no attempts
+    assert env.ledger.count("undo", "a", started.id) == 1
+
+
 def test_killed_step_runs_again_within_a_minute_with_the_defaults(
     postgres_url: str, worker_logs: Path, tmp_path: Path
 ) -> None:

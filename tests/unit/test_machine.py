@@ -345,6 +345,14 @@ COMPENSATION_TABLE: list[tuple[str, m.Delivery, m.Event, Any, tuple[Any, ...], s
         "gave up",
     ),
     (
+        "its task is not on this worker: give it back unrun, it comes back later",
+        delivery(last=True),
+        m.CompensationUnavailable(30.0),
+        m.GiveBackCompensation(30.0),
+        (m.RetryLater(30.0),),
+        "parked",
+    ),
+    (
         "succeeded, last: record, settle",
         delivery(last=True),
         m.CompensationSucceeded(),
