@@ -146,6 +146,17 @@ def _recording(saga_id: str, index: int, token: str, result: Any) -> dict[str, A
     }
 
 
+def _owned_compensation(saga_id: str, index: int, token: str) -> tuple[ColumnElement[bool], ...]:
+    """The compensation of step ``index``, running, owned by the claim ``token``."""
+    c = saga_steps.c
+    return (
+        c.saga_id == saga_id,
+        c.idx == index,
+        c.claim == token,
+        c.status == StepStatus.COMPENSATING,
+    )
+
+
 class ClaimOutcome(enum.Enum):
     """What a claim of a step (or of its compensation) found."""
 
@@ -600,7 +611,6 @@ class SagaStore(WaitStore):
         ``retry_in`` seconds: nothing else sends it before then, and its retry claims it.
         """
         now = utcnow()
-        c = saga_steps.c
         values: dict[str, Any]
         if error is None:  # one statement: in autocommit where the server allows
             params = {"p_saga": saga_id, "p_index": index, "p_token": token, "p_now": now}
@@ -626,12 +636,7 @@ class SagaStore(WaitStore):
             return (
                 connection.execute(
                     update(saga_steps)
-                    .where(
-                        c.saga_id == saga_id,
-                        c.idx == index,
-                        c.claim == token,
-                        c.status == StepStatus.COMPENSATING,
-                    )
+                    .where(*_owned_compensation(saga_id, index, token))
                     .values(**values)
                 ).rowcount
                 == 1
@@ -647,12 +652,7 @@ class SagaStore(WaitStore):
         with self._write_one("give the compensation back") as connection:
             given = connection.execute(
                 update(saga_steps)
-                .where(
-                    c.saga_id == saga_id,
-                    c.idx == index,
-                    c.claim == token,
-                    c.status == StepStatus.COMPENSATING,
-                )
+                .where(*_owned_compensation(saga_id, index, token))
                 .values(
                     claim=None,
                     lease_expires_at=now + timedelta(seconds=delay),
