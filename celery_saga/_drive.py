@@ -152,10 +152,12 @@ def carry_out(
         )
     if saga.status is SagaStatus.WAITING and isinstance(transition, ResolveWait | Stop):
         _wait_ended(saga, move, steps)
+    shape = Topology.of(saga.plan) if any(isinstance(m, SendSteps) for m in move.messages) else None
     for message in move.messages:
         if isinstance(message, SendSteps):
+            assert shape is not None
             start = message.start
-            feeds = Topology.of(saga.plan).feeds(start)
+            feeds = shape.feeds(start)
             previous: tuple[Any, ...] = ()
             if message.previous is not None:
                 previous = message.previous
@@ -165,9 +167,7 @@ def carry_out(
                 results = {step.index: step.result for step in steps}
                 fed = [results[i] for i in feeds] if isinstance(feeds, tuple) else results[feeds]
                 previous = (fed,)
-            publish(
-                app, saga.id, saga.plan, start=start, created=saga.created_at, previous=previous
-            )
+            publish(app, saga.id, saga.plan, start, saga.created_at, previous, topology=shape)
         elif isinstance(message, Revoke):
             revoke(app, saga.id, message.indices)
         elif isinstance(message, SendCompensations):

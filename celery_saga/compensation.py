@@ -32,11 +32,11 @@ from .dispatch import (
     COMPENSATE_TASK,
     HEADER,
     compensation_delivery,
+    guarded,
     republish,
-    resend_later,
     retry_later,
 )
-from .errors import SagaConfigurationError, SagaStoreError
+from .errors import SagaConfigurationError
 from .machine import (
     CompensationClaimed,
     CompensationFailed,
@@ -70,10 +70,7 @@ def _compensate(
     d = compensation_delivery(saga_id, index, name, last)
 
     def guard(write: Callable[[], Any]) -> Any:
-        try:
-            return write()
-        except SagaStoreError as exc:
-            resend_later(self, exc)
+        return guarded(self, write)
 
     def carry_out(move: Move) -> None:
         for message in move.messages:

@@ -11,9 +11,9 @@ so the recovery sweep and the operator's commands send the very same messages.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 from celery import Celery, Signature, Task, chain
 from celery.exceptions import Ignore, Reject, Retry
@@ -32,6 +32,7 @@ __all__ = [
     "compensation_chain",
     "compensation_delivery",
     "compensation_task_id",
+    "guarded",
     "publish",
     "publish_stage",
     "republish",
@@ -45,6 +46,8 @@ __all__ = [
 ]
 
 logger = get_task_logger("celery_saga.execution")
+
+T = TypeVar("T")
 
 _MAX_STORE_RETRY_DELAY = 30.0
 
@@ -154,6 +157,7 @@ def step_signatures(
     start: int = 0,
     created: datetime | None = None,
     previous: Sequence[Any] = (),
+    topology: Topology | None = None,
 ) -> list[Signature[Any]]:
     """The messages of the steps that travel as one chain from ``start``, with errbacks.
 
@@ -169,7 +173,7 @@ def step_signatures(
     """
     started = None if created is None else created.replace(tzinfo=UTC).timestamp()
     steps: list[Mapping[str, Any]] = plan["steps"]
-    topology = Topology.of(plan)
+    topology = Topology.of(plan) if topology is None else topology
     grouped = topology.grouped
     count = len(steps)
     routes: dict[str, dict[str, Any]] = {}
@@ -249,6 +253,7 @@ def publish(
     start: int = 0,
     created: datetime | None = None,
     previous: Sequence[Any] = (),
+    topology: Topology | None = None,
 ) -> None:
     """Send the steps that travel as one chain from ``start`` (see :func:`step_signatures`).
 
@@ -256,7 +261,7 @@ def publish(
     the rest in its ``chain`` field), without the chain's pass that clones and freezes
     every signature: these were all made just now, with their task ids set.
     """
-    first, *rest = step_signatures(app, saga_id, plan, start, created, previous)
+    first, *rest = step_signatures(app, saga_id, plan, start, created, previous, topology)
     first.apply_async(chain=rest[::-1] or None)
 
 
@@ -273,8 +278,9 @@ def publish_stage(
     ``stage`` is the stage's position in the plan; ``previous`` what its mutable first
     steps get (``(results,)`` after a group: the list of its members' results).
     """
-    for branch in Topology.of(plan).stages[stage].branches:
-        publish(app, saga_id, plan, branch[0], created, previous)
+    topology = Topology.of(plan)
+    for branch in topology.stages[stage].branches:
+        publish(app, saga_id, plan, branch[0], created, previous, topology)
 
 
 def revoke(app: Celery, saga_id: str, indices: Sequence[int]) -> None:
@@ -357,6 +363,17 @@ def resend_later(task: Task[Any, Any], exc: SagaStoreError, **pending: Any) -> N
     except Exception:
         _unsent(task)
     raise retry from exc
+
+
+def guarded(task: Task[Any, Any], write: Callable[[], T], **pending: Any) -> T:
+    """``write()``; if the store is down, send the running message again later instead.
+
+    ``pending``: what the message still has to record then (see :func:`resend_later`).
+    """
+    try:
+        return write()
+    except SagaStoreError as exc:
+        resend_later(task, exc, **pending)
 
 
 def retry_later(

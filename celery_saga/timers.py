@@ -23,8 +23,7 @@ from celery.utils.log import get_task_logger
 from . import _drive, signals
 from ._runtime import get_store
 from .config import get_config
-from .dispatch import HEADER, republish, resend_later, step_delivery
-from .errors import SagaStoreError
+from .dispatch import HEADER, guarded, republish, step_delivery
 from .machine import Delivery, Drop, Ended, Outcome, Reconcile, WaitEntered, Wake, decide
 from .signals import SagaEvent, StepEvent
 from .status import SagaStatus
@@ -58,10 +57,7 @@ def _wait(self: Task[Any, Any], *args: Any, **kwargs: Any) -> None:
     self.request.chain = None  # the rest is sent from the store when the wait ends
 
     def guard(write: Callable[[], Any]) -> Any:
-        try:
-            return write()
-        except SagaStoreError as exc:
-            resend_later(self, exc)
+        return guarded(self, write)
 
     now = time.time()
     due = _due(spec, now)

@@ -29,7 +29,7 @@ from ._values import unstorable
 from .config import get_config
 from .context import StepContext, running
 from .definition import StepDefinition
-from .dispatch import HEADER, publish_stage, republish, resend_later, retry_later, send_next
+from .dispatch import HEADER, guarded, publish_stage, republish, retry_later, send_next
 from .dispatch import step_delivery as _delivery
 from .errors import SagaStoreError, SagaValidationError
 from .machine import (
@@ -206,10 +206,7 @@ class _StepShell:
         return result
 
     def guard(self, write: Callable[[], Any], **pending: Any) -> Any:
-        try:
-            return write()
-        except SagaStoreError as exc:
-            resend_later(self.task, exc, **pending)
+        return guarded(self.task, write, **pending)
 
     def drop(self, message: Drop) -> None:
         d = self.d
