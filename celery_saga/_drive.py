@@ -18,9 +18,15 @@ from celery.utils.log import get_task_logger
 from . import signals
 from ._runtime import get_store
 from .config import get_config
-from .dispatch import compensation_chain, publish, revoke
+from .dispatch import child_saga_id, compensation_chain, publish, revoke
+from .errors import SagaStoreError
 from .machine import (
+    CANCELLED,
     IN_DOUBT,
+    WAIT_TIMED_OUT,
+    Cancel,
+    CancelChild,
+    Child,
     EndCompensation,
     Ended,
     KeepSignal,
@@ -28,8 +34,10 @@ from .machine import (
     Move,
     QueueCompensations,
     Reconcile,
+    RecordChild,
     Reopen,
     ResolveWait,
+    RetryCompensation,
     Revoke,
     SagaState,
     SendCompensations,
@@ -46,7 +54,7 @@ from .status import SagaStatus, StepStatus
 from .store import SagaStore
 from .waits import WAIT_TASK
 
-__all__ = ["carry_out", "load", "park", "settle", "state_of"]
+__all__ = ["carry_out", "end", "load", "park", "settle", "state_of", "undo_child"]
 
 logger = get_task_logger("celery_saga.recovery")
 
@@ -57,6 +65,10 @@ def state_of(
     """The machine's view of a stored saga (reads its steps unless given)."""
     if steps is None:
         steps = store.get_steps(saga.id, plan=saga.plan)
+    topology = Topology.of(saga.plan)
+    children: dict[int, Child] = {}
+    if topology.children and saga.status in (SagaStatus.WAITING, SagaStatus.COMPENSATING):
+        children = _children(store, saga, steps)
     return SagaState(
         saga_id=saga.id,
         name=saga.name,
@@ -67,8 +79,24 @@ def state_of(
         deadline=saga.plan.get("deadline"),
         error=saga.error,
         failed_step=saga.failed_step,
-        topology=Topology.of(saga.plan),
+        topology=topology,
+        children=children,
     )
+
+
+def _children(store: SagaStore, saga: SagaRecord, steps: Sequence[StepRecord]) -> dict[int, Child]:
+    """The saga's child sagas, by step; a completed one's result where a step awaits it."""
+    awaiting = {s.index for s in steps if s.status in (StepStatus.WAITING, StepStatus.PENDING)}
+    children: dict[int, Child] = {}
+    for child in store.child_sagas(saga.id):
+        if child.parent_step is None:
+            continue
+        output = None
+        if child.status is SagaStatus.COMPLETED and child.parent_step in awaiting:
+            results = {s.index: s.result for s in store.get_steps(child.id, plan=child.plan)}
+            output = Topology.of(child.plan).output(results)
+        children[child.parent_step] = Child(child.id, child.name, child.status, output, child.error)
+    return children
 
 
 def load(store: SagaStore, saga_id: str) -> tuple[SagaRecord, SagaState] | None:
@@ -104,6 +132,14 @@ def _commit(app: Celery, saga: SagaRecord, move: Move, force: bool) -> bool:
         }
         store.mark_in_doubt(saga.id, transition.indices, error, force=force)
         return True
+    if isinstance(transition, RecordChild):
+        return store.record_child(
+            saga.id,
+            transition.index,
+            transition.step_status,
+            result=transition.result,
+            error=transition.error,
+        )
     if isinstance(transition, ResolveWait):
         return store.resolve_wait(
             saga.id,
@@ -146,10 +182,11 @@ def carry_out(
     error, failed = saga.error, saga.failed_step
     if isinstance(transition, ResolveWait) and transition.error is not None:
         error, failed = dict(transition.error), transition.index
-        signals.wait_timed_out.send(
-            sender=saga.name,
-            event=StepEvent(saga.id, saga.name, transition.index, WAIT_TASK, error=error),
-        )
+        if error.get("type") == WAIT_TIMED_OUT:
+            signals.wait_timed_out.send(
+                sender=saga.name,
+                event=StepEvent(saga.id, saga.name, transition.index, WAIT_TASK, error=error),
+            )
     if saga.status is SagaStatus.WAITING and isinstance(transition, ResolveWait | Stop):
         _wait_ended(saga, move, steps)
     shape = Topology.of(saga.plan) if any(isinstance(m, SendSteps) for m in move.messages) else None
@@ -161,7 +198,9 @@ def carry_out(
             previous: tuple[Any, ...] = ()
             if message.previous is not None:
                 previous = message.previous
-            elif feeds is not None:
+            elif feeds is None:  # the first stage: a child saga's gets its parent's input
+                previous = tuple(saga.plan.get("input") or ())
+            else:
                 if steps is None:
                     steps = get_store(app).get_steps(saga.id, plan=saga.plan)
                 results = {step.index: step.result for step in steps}
@@ -174,16 +213,66 @@ def carry_out(
             chain = compensation_chain(app, saga.id, saga.plan, message.indices)
             if chain is not None:
                 chain.apply_async()
+        elif isinstance(message, CancelChild):
+            _cancel_child(app, saga, message.index)
         elif isinstance(message, Reconcile):
             settle(app, saga.id)
         elif isinstance(message, Ended):
             duration = (_now() - saga.created_at).total_seconds()
-            signals.send_saga_end(
-                SagaEvent(saga.id, saga.name, message.status, duration, error, failed)
-            )
+            event = SagaEvent(saga.id, saga.name, message.status, duration, error, failed,
+                              saga.parent_id, saga.parent_step)  # fmt: skip
+            end(app, event)
         else:
             raise TypeError(f"not a message of a whole saga: {message!r}")
     return True
+
+
+def end(app: Celery, event: SagaEvent) -> None:
+    """Say that a saga ended; a child saga's parent goes on from it."""
+    signals.send_saga_end(event)
+    if event.parent_id is None:
+        return
+    signals.child_ended.send(sender=event.saga_name, event=event)
+    try:
+        settle(app, event.parent_id)
+    except SagaStoreError as exc:  # the sweep finds the parent of an ended child
+        logger.warning("saga %s ended; its parent %s goes on later: %s", event.saga_id,
+                       event.parent_id, exc)  # fmt: skip
+
+
+def _cancel_child(app: Celery, parent: SagaRecord, index: int) -> None:
+    """Cancel the running child saga of ``parent``'s step ``index``."""
+    loaded = load(get_store(app), child_saga_id(parent.id, index))
+    if loaded is None:
+        return
+    child, state = loaded
+    why = (parent.error or {}).get("message") or "stopped"
+    error = {"type": CANCELLED, "message": f"its parent saga {parent.id!r} stopped: {why}",
+             "traceback": ""}  # fmt: skip
+    carry_out(app, child, decide(state, Cancel(error)), steps=state.steps)
+
+
+def undo_child(app: Celery, saga_id: str, index: int) -> None:
+    """Undo the child saga of step ``index`` as a unit: its own compensations, in reverse.
+
+    The compensation of a child saga stage (claimed by the caller). A completed child
+    is reopened and compensates; one whose compensation gave up retries it. The parent
+    goes on when the child has ended (:func:`end`), or now if it had already.
+    """
+    store = get_store(app)
+    loaded = load(store, child_saga_id(saga_id, index))
+    if loaded is None:  # never stored, or purged: nothing of it is left to undo
+        store.record_child(saga_id, index, StepStatus.COMPENSATED)
+    else:
+        child, state = loaded
+        if child.status is SagaStatus.COMPLETED:
+            error = {"type": CANCELLED, "message": f"its parent saga {saga_id!r} compensates",
+                     "traceback": ""}  # fmt: skip
+            if store.reopen_child(child.id, error):
+                settle(app, child.id)
+        elif child.status is SagaStatus.FAILED:
+            carry_out(app, child, decide(state, RetryCompensation()), steps=state.steps)
+    settle(app, saga_id)
 
 
 def _wait_ended(saga: SagaRecord, move: Move, steps: Sequence[StepRecord] | None) -> None:
@@ -196,7 +285,7 @@ def _wait_ended(saga: SagaRecord, move: Move, steps: Sequence[StepRecord] | None
     reason = "stopped" if isinstance(move.transition, Stop) else move.action
     reason = "sleep" if reason == "wake" else reason
     event = StepEvent(
-        saga.id, saga.name, waiting.index, WAIT_TASK, duration=duration, reason=reason
+        saga.id, saga.name, waiting.index, waiting.name, duration=duration, reason=reason
     )
     signals.wait_ended.send(sender=saga.name, event=event)
 

@@ -18,7 +18,7 @@ from . import _observe, signals
 from ._runtime import get_store
 from .dispatch import COMPENSATE_TASK, publish_stage
 from .errors import SagaConfigurationError, SagaConflictError, SagaValidationError
-from .plan import SagaPlan, build_plan
+from .plan import SagaPlan, SagaSpec, build_plan
 from .result import SagaResult
 from .signals import SagaEvent
 from .status import SagaStatus
@@ -28,8 +28,10 @@ from .store.schema import ID_LENGTH
 __all__ = ["Saga", "SagaPlan", "saga"]
 
 
-class Saga:
+class Saga(SagaSpec):
     """A saga ready to start: what :func:`saga` returns.
+
+    Given as a stage of another saga, it runs as a child saga of that one.
 
     .. versionadded:: 0.1
     """

@@ -51,6 +51,7 @@ from .machine import (
     Run,
     decide,
 )
+from .plan import CHILD_TASK
 from .signals import StepEvent
 
 __all__ = ["register_tasks"]
@@ -105,6 +106,10 @@ def _compensate(
     step = claim.step
     assert step is not None
     assert step.compensate is not None
+    if step.compensate == CHILD_TASK:  # a child saga, undone as a unit by itself
+        self.request.chain = None  # the steps before it are undone once it has ended
+        guard(lambda: _drive.undo_child(app, saga_id, index))
+        return
     sender = step.compensate
     compensation = app.tasks.get(step.compensate)
     if compensation is None:  # another deploy's worker: park, never give up for that

@@ -11,6 +11,7 @@ so the recovery sweep and the operator's commands send the very same messages.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn, TypeVar
@@ -24,11 +25,13 @@ from . import _observe
 from .config import get_config
 from .errors import SagaStoreError
 from .machine import Delivery, Topology
+from .store.schema import ID_LENGTH
 
 __all__ = [
     "COMPENSATE_TASK",
     "HEADER",
     "build_chain",
+    "child_saga_id",
     "compensation_chain",
     "compensation_delivery",
     "compensation_task_id",
@@ -62,6 +65,17 @@ def step_task_id(saga_id: str, index: int) -> str:
     return f"{saga_id}:{index}"
 
 
+def child_saga_id(saga_id: str, index: int) -> str:
+    """The id of the child saga that step ``index`` runs: the same on every delivery.
+
+    ``<parent id>.<step>``; for a parent id too long for that, its sha256 stands in.
+    """
+    child = f"{saga_id}.{index}"
+    if len(child) > ID_LENGTH:
+        child = f"{hashlib.sha256(saga_id.encode()).hexdigest()}.{index}"
+    return child
+
+
 def compensation_task_id(saga_id: str, index: int) -> str:
     """The Celery task id of the compensation of a saga's step."""
     return f"{saga_id}:{index}:compensate"
@@ -86,6 +100,7 @@ def step_delivery(header: Mapping[str, Any]) -> Delivery:
         member=bool(header.get("m")),
         ends=tuple(header.get("j") or ()),
         final=bool(header.get("l")),
+        parent=None if header.get("up") is None else (header["up"][0], header["up"][1]),
     )
 
 
@@ -180,6 +195,7 @@ def step_signatures(
     signatures: list[Signature[Any]] = []
     redacting = get_config(app).redact is not None
     deadline = started + plan["deadline"] if started and plan.get("deadline") else None
+    parent = plan.get("parent")  # a child saga: its end lets the parent go on
     for index in topology.run_from(start):
         step = steps[index]
         undo = [] if grouped else undo_list(steps, index)
@@ -202,6 +218,8 @@ def step_signatures(
             header["d"] = deadline
         if "wait" in step:  # what the wait waits for
             header["w"] = step["wait"]
+        if parent is not None:
+            header["up"] = [parent["id"], parent["step"]]
         if grouped:
             header["g"] = 1
             if topology.stage_of(index).group:

@@ -27,16 +27,32 @@ from .errors import SagaConfigurationError, SagaValidationError
 from .store.schema import NAME_LENGTH, VERSION_LENGTH
 from .waits import WAIT_TASK, Wait
 
-__all__ = ["PLAN_VERSION", "SagaPlan", "build_plan"]
+__all__ = ["CHILD_TASK", "PLAN_VERSION", "SagaPlan", "SagaSpec", "build_plan"]
 
-#: The stored plan's form: 2 added parallel groups (``branch`` on their members) and
-#: waits (``wait`` on their steps).
+#: The stored plan's form: 2 added parallel groups (``branch`` on their members),
+#: waits (``wait`` on their steps) and child sagas (``child``: the child's plan).
 PLAN_VERSION = 2
+#: The internal task a child saga stage travels as (and the compensation that undoes
+#: a completed child as a unit).
+CHILD_TASK = "celery_saga.child"
 #: Signature options that belong to one publication, not to the plan.
 _TRANSIENT_OPTIONS = frozenset(
     {"task_id", "parent_id", "root_id", "group_id", "group_index", "chord", "chain", "reply_to"}
 )
 _UNSUPPORTED_OPTIONS = ("link", "link_error")
+
+
+class SagaSpec:
+    """What ``saga(...)`` describes: its steps and options (:class:`~celery_saga.Saga`).
+
+    Given as a stage of another saga, it runs as a child saga.
+    """
+
+    steps: tuple[Any, ...]
+    name: str
+    deadline: float | None
+    fail_fast: bool
+    version: str | None
 
 
 @dataclass(frozen=True)
@@ -63,7 +79,7 @@ class SagaPlan:
             stored["deadline"] = self.deadline
         if self.version is not None:
             stored["saga_version"] = self.version
-        if any("branch" in step or "wait" in step for step in self.steps):  # groups, waits
+        if any(key in step for step in self.steps for key in ("branch", "wait", "child")):
             stored["version"] = PLAN_VERSION
             if self.fail_fast:
                 stored["fail_fast"] = True
@@ -163,9 +179,9 @@ def _branch(member: Any) -> list[Signature[Any]]:
         for step in member.tasks:
             steps.extend(_branch(step))
         return steps
-    if isinstance(member, Wait):
+    if isinstance(member, Wait | SagaSpec):
         raise SagaValidationError(
-            "wait_for() and sleep() are stages of their own, not members of a group"
+            "wait_for(), sleep() and child sagas are stages of their own, not members of a group"
         )
     if isinstance(member, group | chord):
         raise SagaValidationError(
@@ -182,8 +198,8 @@ def _group(members: group) -> _Stage:
     return branches
 
 
-#: A stage as given: one step, the branches of a group, or a wait.
-_Stage = Signature[Any] | list[list[Signature[Any]]] | Wait
+#: A stage as given: one step, the branches of a group, a wait, or a child saga.
+_Stage = Signature[Any] | list[list[Signature[Any]]] | Wait | SagaSpec
 
 
 def _stages(steps: Sequence[Any]) -> list[_Stage]:
@@ -197,7 +213,7 @@ def _stages(steps: Sequence[Any]) -> list[_Stage]:
             stages.extend(_stages([step.body]))
         elif isinstance(step, group):
             stages.append(_group(step))
-        elif isinstance(step, Wait):
+        elif isinstance(step, Wait | SagaSpec):
             stages.append(step)
         else:
             stages.append(_signature_step(step))
@@ -298,6 +314,25 @@ def _wait_step(wait: Wait, index: int, stage: int) -> dict[str, Any]:
     }
 
 
+def _child_step(plan: SagaPlan, index: int, stage: int) -> dict[str, Any]:
+    """A child saga as its parent's plan stores it: a step of the internal child task.
+
+    The child's first ``.s()`` step gets the result before it; a completed child is
+    undone as a unit (its own compensations, in reverse) when the parent compensates.
+    """
+    return {
+        "index": index,
+        "stage": stage,
+        "task": CHILD_TASK,
+        "args": [],
+        "kwargs": {},
+        "options": {},
+        "immutable": False,
+        "compensate": CHILD_TASK,
+        "child": plan.as_json(),
+    }
+
+
 def build_plan(
     app: Celery,
     signatures: Sequence[Any],
@@ -305,8 +340,14 @@ def build_plan(
     deadline: float | None = None,
     fail_fast: bool = False,
     version: str | None = None,
+    *,
+    fed: bool = False,
 ) -> SagaPlan:
-    """Check the steps and describe them as a plan; raise before anything is stored."""
+    """Check the steps and describe them as a plan; raise before anything is stored.
+
+    ``fed``: the saga is a child saga after another stage: its first ``.s()`` step gets
+    that stage's result.
+    """
     if not isinstance(name, str) or not name or len(name) > NAME_LENGTH:
         raise SagaValidationError(
             f"saga name must be a non-empty string of at most "
@@ -333,12 +374,20 @@ def build_plan(
         if isinstance(stage, Wait):
             steps.append(_wait_step(stage, len(steps), number))
             continue
+        if isinstance(stage, SagaSpec):
+            child = build_plan(
+                app, stage.steps, stage.name, stage.deadline, stage.fail_fast, stage.version,
+                fed=number > 0 or fed,
+            )  # fmt: skip
+            steps.append(_child_step(child, len(steps), number))
+            continue
         if isinstance(stage, Signature):
-            steps.append(_step(app, stage, len(steps), number, limit, passed=number > 0))
+            passed = number > 0 or fed
+            steps.append(_step(app, stage, len(steps), number, limit, passed=passed))
             continue
         for branch_number, branch in enumerate(stage):
             for position, sig in enumerate(branch):
-                passed = number > 0 or position > 0
+                passed = number > 0 or position > 0 or fed
                 step = _step(app, sig, len(steps), number, limit, passed=passed)
                 step["branch"] = branch_number
                 steps.append(step)

@@ -73,10 +73,12 @@ class SagaRecord:
     (``{"type", "message", "at"}``): it could not carry out what the saga needed.
     ``version`` is what ``saga(..., version=)`` gave. ``parked`` says why the saga waits
     for a worker that has one of its tasks (``{"task", "version", "worker", "message",
-    "at"}``; None when it does not).
+    "at"}``; None when it does not). A child saga (a ``saga(...)`` given as a stage of
+    another) has ``parent_id`` and ``parent_step``: the parent saga and its step.
 
     .. versionadded:: 0.1
-    .. versionchanged:: 0.2 ``recovery_error``, ``version``, ``parked``.
+    .. versionchanged:: 0.2 ``recovery_error``, ``version``, ``parked``, ``parent_id``,
+       ``parent_step``.
     """
 
     id: str
@@ -93,6 +95,8 @@ class SagaRecord:
     recovery_error: dict[str, Any] | None = None
     version: str | None = None
     parked: dict[str, Any] | None = None
+    parent_id: str | None = None
+    parent_step: int | None = None
 
     @property
     def duration(self) -> float | None:

@@ -44,6 +44,10 @@ signal                          payload       sent when (and where)
 ``saga_parked``                 StepEvent     a worker lacks the step's task (``reason``
                                               names it and the saga's version); the
                                               message is sent again later
+``child_started``               SagaEvent     a child saga is stored and started
+                                              (``parent_id``, ``parent_step``: whose)
+``child_ended``                 SagaEvent     a child saga ended (after its own
+                                              ``saga_completed``, ...); its parent goes on
 ==============================  ============  ==========================================
 
 The sender is the saga's name for saga events, the step's task name for step events and
@@ -66,6 +70,8 @@ from .status import SagaStatus
 __all__ = [
     "SagaEvent",
     "StepEvent",
+    "child_ended",
+    "child_started",
     "compensation_failed",
     "compensation_started",
     "compensation_succeeded",
@@ -93,7 +99,8 @@ class SagaEvent:
     """What a saga signal carries.
 
     ``duration`` is seconds since the saga was stored (None for ``saga_started``);
-    ``error`` is the failed step's error (``{"type", "message", "traceback"}``).
+    ``error`` is the failed step's error (``{"type", "message", "traceback"}``);
+    ``parent_id`` and ``parent_step`` say whose stage a child saga is.
     """
 
     saga_id: str
@@ -102,6 +109,8 @@ class SagaEvent:
     duration: float | None = None
     error: dict[str, Any] | None = None
     failed_step: int | None = None
+    parent_id: str | None = None
+    parent_step: int | None = None
 
 
 @dataclass(frozen=True)
@@ -143,6 +152,8 @@ saga_parked = Signal(name="saga_parked")
 wait_ended = Signal(name="wait_ended")
 signal_received = Signal(name="signal_received")
 wait_timed_out = Signal(name="wait_timed_out")
+child_started = Signal(name="child_started")
+child_ended = Signal(name="child_ended")
 
 _SAGA_END = {
     SagaStatus.COMPLETED: saga_completed,

@@ -1,16 +1,23 @@
-"""The internal task ``celery_saga.wait``: a ``wait_for`` or ``sleep`` stage.
+"""The internal tasks of the stages that hold a saga: a wait, a sleep, a child saga.
 
-Its message travels in the saga's chain like a step's. It puts the saga to wait in the
+``celery_saga.wait`` runs a ``wait_for`` or ``sleep`` stage, ``celery_saga.child`` a
+child saga. Its message travels in the saga's chain like a step's. It puts the saga to wait in the
 store (the step ``WAITING``, when it is due, the saga ``WAITING``) and returns: no
 worker is held while the saga waits. A signal sent before the saga got here resolves
 the wait at once. A due time near enough (within two recovery intervals) is woken by
 this message sent again with a countdown; a later one by the recovery sweep (with no
 sweep, ``saga_recovery_interval=None``, by countdowns of a minute at most). Either way
 the saga is then driven on from the store (:func:`celery_saga._drive.settle`).
+
+A child saga stage stores the child (its id ``<parent id>.<step>``, its plan from the
+parent's, the result before the stage as its input) in the same transaction as the
+parent's wait, then sends the child's first stage. When the child ends, its parent goes
+on from the store (:func:`celery_saga._drive.end`; the sweep if that was lost).
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -19,14 +26,17 @@ from typing import Any
 from celery import Celery, Task
 from celery.exceptions import Ignore
 from celery.utils.log import get_task_logger
+from kombu.utils.json import dumps as json_dumps
 
-from . import _drive, signals
+from . import _drive, _observe, signals
 from ._runtime import get_store
 from .config import get_config
-from .dispatch import HEADER, guarded, republish, step_delivery
+from .dispatch import HEADER, child_saga_id, guarded, publish_stage, republish, step_delivery
 from .machine import Delivery, Drop, Ended, Outcome, Reconcile, WaitEntered, Wake, decide
+from .plan import CHILD_TASK
 from .signals import SagaEvent, StepEvent
 from .status import SagaStatus
+from .store import utcnow
 from .waits import WAIT_TASK
 
 __all__ = ["register_wait_task"]
@@ -42,25 +52,30 @@ def _due(spec: Mapping[str, Any], now: float) -> float | None:
     return None if seconds is None else now + float(seconds)
 
 
-def _event(d: Delivery, reason: str) -> StepEvent:
-    return StepEvent(d.saga_id, d.name, d.index, WAIT_TASK, reason=reason)
+def _event(d: Delivery, task: str, reason: str) -> StepEvent:
+    return StepEvent(d.saga_id, d.name, d.index, task, reason=reason)
 
 
-def _wait(self: Task[Any, Any], *args: Any, **kwargs: Any) -> None:
-    """Put the saga to wait at this stage (the body of ``celery_saga.wait``)."""
-    app = self.app
-    header: Mapping[str, Any] = self.request.get(HEADER) or {}
-    if "id" not in header:
-        raise Ignore()  # not sent by a saga: nothing to wait for
-    d = step_delivery(header)
-    spec: Mapping[str, Any] = header.get("w") or {}
-    self.request.chain = None  # the rest is sent from the store when the wait ends
+def _hold(
+    task: Task[Any, Any],
+    d: Delivery,
+    args: tuple[Any, ...],
+    due: float | None,
+    reason: str,
+    child: Mapping[str, Any] | None = None,
+) -> bool:
+    """Put the saga to wait at this stage; True if this call did (the body of both tasks).
+
+    ``due``: when the wait ends on its own (epoch seconds; None: never). ``child``: the
+    row of the child saga the stage runs, stored with the wait.
+    """
+    app = task.app
+    task.request.chain = None  # the rest is sent from the store when the wait ends
 
     def guard(write: Callable[[], Any]) -> Any:
-        return guarded(self, write)
+        return guarded(task, write)
 
     now = time.time()
-    due = _due(spec, now)
     if d.deadline is not None:  # the sweep looks at a waiting saga when its wait is due
         due = d.deadline if due is None else min(due, d.deadline)
     waiting = guard(
@@ -70,8 +85,10 @@ def _wait(self: Task[Any, Any], *args: Any, **kwargs: Any) -> None:
             due=None if due is None else datetime.fromtimestamp(due, UTC),
             args=args,
             stage=d.stage,
-            task=WAIT_TASK,
+            task=task.name,
             final=d.is_last_step,
+            child=child,
+            compensate=None if child is None else CHILD_TASK,
         )
     )
     stored = None if waiting.due is None else waiting.due.timestamp()
@@ -79,18 +96,19 @@ def _wait(self: Task[Any, Any], *args: Any, **kwargs: Any) -> None:
     soon = None if interval is None else 2 * interval
     move = decide(d, WaitEntered(Outcome(waiting.outcome), now, stored, soon))
     if waiting.entered:
-        reason = "sleep" if spec.get("signal") is None else str(spec["signal"])
-        signals.saga_waiting.send(sender=d.name, event=_event(d, reason))
+        signals.saga_waiting.send(sender=d.name, event=_event(d, task.name, reason))
     for message in move.messages:
         if isinstance(message, Reconcile):
             guard(lambda: _drive.settle(app, d.saga_id))
         elif isinstance(message, Wake):
-            raise republish(self, message.countdown)
+            raise republish(task, message.countdown)
         elif isinstance(message, Ended):
             started = d.started or now
-            signals.send_saga_end(
-                SagaEvent(d.saga_id, d.name, SagaStatus.COMPLETED, max(now - started, 0.0))
-            )
+            parent, parent_step = d.parent or (None, None)
+            duration = max(now - started, 0.0)
+            event = SagaEvent(d.saga_id, d.name, SagaStatus.COMPLETED, duration,
+                              parent_id=parent, parent_step=parent_step)  # fmt: skip
+            _drive.end(app, event)
         elif isinstance(message, Drop):
             getattr(logger, message.level)(
                 "saga %s: wait at step %d: %s", d.saga_id, d.index, message.reason
@@ -98,15 +116,82 @@ def _wait(self: Task[Any, Any], *args: Any, **kwargs: Any) -> None:
             raise Ignore()
         else:
             raise TypeError(f"a wait does not carry out {message!r}")
+    return bool(waiting.entered)
+
+
+def _delivery(task: Task[Any, Any]) -> Delivery:
+    header: Mapping[str, Any] = task.request.get(HEADER) or {}
+    if "id" not in header:
+        raise Ignore()  # not sent by a saga: nothing to wait for
+    return step_delivery(header)
+
+
+def _wait(self: Task[Any, Any], *args: Any, **kwargs: Any) -> None:
+    """Put the saga to wait at this stage (the body of ``celery_saga.wait``)."""
+    d = _delivery(self)
+    spec: Mapping[str, Any] = self.request.get(HEADER, {}).get("w") or {}
+    reason = "sleep" if spec.get("signal") is None else str(spec["signal"])
+    _hold(self, d, args, _due(spec, time.time()), reason)
+
+
+def _child_row(
+    d: Delivery, plan: Mapping[str, Any], args: tuple[Any, ...], child_id: str
+) -> dict[str, Any]:
+    """The row of the child saga that the parent's step ``d`` runs."""
+    stored = {**plan, "parent": {"id": d.saga_id, "step": d.index}}
+    if args:  # what its first .s() steps get: the result before the stage
+        stored["input"] = list(args)
+    encoded = json_dumps(stored, sort_keys=True, separators=(",", ":"))
+    now = utcnow()
+    return {
+        "id": child_id,
+        "name": plan["name"],
+        "status": SagaStatus.RUNNING,
+        "plan": stored,
+        "plan_hash": hashlib.sha256(encoded.encode()).hexdigest(),
+        "step_count": len(plan["steps"]),
+        "version": plan.get("saga_version"),
+        "created_at": now,
+        "updated_at": now,
+        "parent_id": d.saga_id,
+        "parent_step": d.index,
+    }
+
+
+def _child(self: Task[Any, Any], *args: Any, **kwargs: Any) -> None:
+    """Start the child saga of this stage and wait for it (``celery_saga.child``)."""
+    app = self.app
+    d = _delivery(self)
+    store = get_store(app)
+    parent = guarded(self, lambda: store.get_saga(d.saga_id))
+    if parent is None:
+        raise Ignore()  # the saga is not known here: the wait's claim would say so
+    plan: Mapping[str, Any] = parent.plan["steps"][d.index]["child"]
+    child_id = child_saga_id(d.saga_id, d.index)
+    row = _child_row(d, plan, args, child_id)
+    if not _hold(self, d, args, None, child_id, child=row):
+        return  # started before (this is a redelivery): the sweep sends what was lost
+    event = SagaEvent(child_id, row["name"], SagaStatus.RUNNING, parent_id=d.saga_id,
+                      parent_step=d.index)  # fmt: skip
+    try:
+        with _observe.publishing(app, child_id, row["name"]):
+            publish_stage(app, child_id, row["plan"], 0, created=row["created_at"],
+                          previous=args)  # fmt: skip
+    except Exception:  # stored: the recovery sweep sends its first stage
+        logger.warning("saga %s: could not send child saga %s", d.saga_id, child_id,
+                       exc_info=True)  # fmt: skip
+    signals.saga_started.send(sender=row["name"], event=event)
+    signals.child_started.send(sender=row["name"], event=event)
 
 
 def register_wait_task(app: Celery) -> None:
-    """Register ``celery_saga.wait`` on the app."""
-    app.task(
-        name=WAIT_TASK,
-        bind=True,
-        acks_late=True,
-        reject_on_worker_lost=True,
-        ignore_result=True,
-        shared=False,
-    )(_wait)
+    """Register ``celery_saga.wait`` and ``celery_saga.child`` on the app."""
+    for name, body in ((WAIT_TASK, _wait), (CHILD_TASK, _child)):
+        app.task(
+            name=name,
+            bind=True,
+            acks_late=True,
+            reject_on_worker_lost=True,
+            ignore_result=True,
+            shared=False,
+        )(body)

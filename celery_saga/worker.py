@@ -186,16 +186,18 @@ class _StepShell:
             elif isinstance(message, Ended):
                 status = message.status
                 error = self.failure if status is SagaStatus.COMPENSATED else None
-                signals.send_saga_end(
-                    SagaEvent(
-                        self.d.saga_id,
-                        self.d.name,
-                        status,
-                        _seconds_since(self.d.started),
-                        error,
-                        None if error is None else self.d.index,
-                    )
+                parent, parent_step = self.d.parent or (None, None)
+                event = SagaEvent(
+                    self.d.saga_id,
+                    self.d.name,
+                    status,
+                    _seconds_since(self.d.started),
+                    error,
+                    None if error is None else self.d.index,
+                    parent,
+                    parent_step,
                 )
+                _drive.end(self.app, event)
             elif isinstance(message, Drop):
                 self.drop(message)
                 dropped = True

@@ -610,3 +610,112 @@ class SagaScenarios:
         with pytest.raises(SagaCompensated, match="no signal 'x'"):
             failing.get(timeout=TIMEOUT)
         assert self._undone(env, failing.id) == ["a"]
+
+    # -- child sagas -------------------------------------------------------------------
+
+    def _undo_order(self, env: SagaEnv, *saga_ids: str) -> list[str]:
+        """The tags undone in these sagas, in the order the undos happened."""
+        wanted = set(saga_ids)
+        return [e.tag for e in env.ledger.entries(action="undo") if e.saga_id in wanted]
+
+    def test_child_saga_completes_and_its_result_goes_on(self, env: SagaEnv) -> None:
+        """A saga given as a stage runs as a child saga with its own id and rows; its first
+        step gets the result before it, and the stage after it gets the child's result."""
+        child = env.saga(env.sig("act", tag="b"), env.sig("act", tag="c"), name="stay")
+        result = env.saga(
+            env.sig("act", "o-1", tag="a"), child, env.sig("act", tag="d"), name="trip"
+        ).apply_async(saga_id=new_id())
+        value = result.get(timeout=TIMEOUT)
+        child_id = f"{result.id}.1"
+        c = {"tag": "c", "args": [{"tag": "b", "args": [{"tag": "a", "args": ["o-1"]}]}]}
+        assert value == {"tag": "d", "args": [c]}
+        assert result.steps[1].status is StepStatus.SUCCEEDED
+        assert result.steps[1].result == c
+        record = SagaResult(child_id, app=env.app).record
+        assert record is not None
+        assert (record.name, record.status) == ("stay", SagaStatus.COMPLETED)
+        assert (record.parent_id, record.parent_step) == (result.id, 1)
+        assert [e.tag for e in env.ledger.entries(child_id, "do")] == ["b", "c"]
+        assert [e.tag for e in env.ledger.entries(result.id, "do")] == ["a", "d"]
+
+    def test_child_saga_that_fails_undoes_itself_then_its_parent(self, env: SagaEnv) -> None:
+        """A child whose step fails compensates itself first; then the parent's stage fails
+        and the parent compensates what came before, with the child's error."""
+        child = env.saga(env.sig("act", tag="b"), env.sig("act", tag="c", fail=True))
+        result = env.saga(env.sig("act", tag="a"), child, env.sig("act", tag="d")).apply_async(
+            saga_id=new_id()
+        )
+        with pytest.raises(SagaCompensated, match="c failed") as raised:
+            result.get(timeout=TIMEOUT)
+        child_id = f"{result.id}.1"
+        assert raised.value.error["child"] == child_id
+        assert self._undo_order(env, result.id, child_id) == ["b", "a"]
+        assert SagaResult(child_id, app=env.app).status is SagaStatus.COMPENSATED
+        assert result.steps[1].status is StepStatus.FAILED
+        assert env.ledger.count("do", "d", result.id) == 0
+
+    def test_completed_child_is_undone_as_a_unit_in_reverse(self, env: SagaEnv) -> None:
+        """A step failing after a completed child undoes the child's steps (newest first),
+        then the steps before the child."""
+        child = env.saga(env.sig("act", tag="b"), env.sig("act", tag="c"), name="stay")
+        result = env.saga(
+            env.sig("act", tag="a"), child, env.sig("act", tag="d", fail=True)
+        ).apply_async(saga_id=new_id())
+        with pytest.raises(SagaCompensated, match="d failed"):
+            result.get(timeout=TIMEOUT)
+        child_id = f"{result.id}.1"
+        assert self._undo_order(env, result.id, child_id) == ["c", "b", "a"]
+        assert SagaResult(child_id, app=env.app).status is SagaStatus.COMPENSATED
+        assert result.steps[1].status is StepStatus.COMPENSATED
+
+    def test_child_may_hold_groups_waits_and_children(self, env: SagaEnv) -> None:
+        """A child with a group, a wait and a child of its own completes when signalled, and
+        is undone as a whole when its parent compensates later."""
+        inner = env.saga(env.sig("act", tag="d"), name="inner")
+        child = env.saga(
+            group(env.sig("act", tag="b"), env.sig("act", tag="c")),
+            wait_for("go", timeout=60),
+            inner,
+            name="mid",
+        )
+        result = env.saga(
+            env.sig("act", tag="a"), child, env.sig("act", tag="e", fail=True)
+        ).apply_async(saga_id=new_id())
+        child_id, inner_id = f"{result.id}.1", f"{result.id}.1.3"
+        middle = SagaResult(child_id, app=env.app)
+        self._wait_for_status_of(env, child_id, SagaStatus.WAITING)
+        assert result.status is SagaStatus.WAITING
+        assert middle.signal("go", "ok") is True
+        with pytest.raises(SagaCompensated, match="e failed"):
+            result.get(timeout=TIMEOUT)
+        assert env.ledger.entries(inner_id, "do")[0].payload == {"args": ["ok"]}
+        undone = self._undo_order(env, result.id, child_id, inner_id)
+        assert undone[0] == "d"
+        assert sorted(undone[1:3]) == ["b", "c"]
+        assert undone[3:] == ["a"]
+        statuses = [SagaResult(i, app=env.app).status for i in (child_id, inner_id)]
+        assert statuses == [SagaStatus.COMPENSATED, SagaStatus.COMPENSATED]
+
+    def test_cancel_of_the_parent_cancels_its_running_child(self, env: SagaEnv) -> None:
+        """cancel() of a parent waiting at its child cancels the child, which undoes itself
+        first; then the parent undoes what came before."""
+        child = env.saga(env.sig("act", tag="b"), wait_for("never"), env.sig("act", tag="c"))
+        result = env.saga(env.sig("act", tag="a"), child).apply_async(saga_id=new_id())
+        child_id = f"{result.id}.1"
+        self._wait_for_status_of(env, child_id, SagaStatus.WAITING)
+        assert result.cancel("changed my mind")
+        with pytest.raises(SagaCompensated, match="changed my mind"):
+            result.get(timeout=TIMEOUT)
+        assert self._undo_order(env, result.id, child_id) == ["b", "a"]
+        record = SagaResult(child_id, app=env.app).record
+        assert record is not None
+        assert record.status is SagaStatus.COMPENSATED
+        assert "its parent saga" in (record.error or {})["message"]
+        assert result.steps[1].status is StepStatus.COMPENSATED
+
+    def _wait_for_status_of(self, env: SagaEnv, saga_id: str, status: SagaStatus) -> None:
+        deadline = time.monotonic() + TIMEOUT
+        result = SagaResult(saga_id, app=env.app)
+        while result.record is None or result.status is not status:
+            assert time.monotonic() < deadline, f"{saga_id} never {status}"
+            time.sleep(0.02)

@@ -9,6 +9,7 @@ from typing import Any, TypeAlias
 from ..status import SagaStatus, StepStatus
 
 __all__ = [
+    "CancelChild",
     "Claim",
     "ClaimCompensation",
     "Complete",
@@ -25,6 +26,7 @@ __all__ = [
     "PassOn",
     "QueueCompensations",
     "Reconcile",
+    "RecordChild",
     "RecordCompensation",
     "Release",
     "Reopen",
@@ -128,6 +130,21 @@ class KeepSignal:
 
 
 @dataclass(frozen=True)
+class RecordChild:
+    """Record on a stopped parent's step ``index`` how its child saga ended.
+
+    ``SUCCEEDED`` with ``result`` (it completed: it is undone with the rest),
+    ``COMPENSATED`` (it undid itself, or was undone as a unit) or
+    ``COMPENSATION_FAILED`` with ``error`` (it gave up: the parent ends ``FAILED``).
+    """
+
+    index: int
+    step_status: StepStatus
+    result: Any = None
+    error: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
 class ClaimCompensation:
     """Claim the compensation of a succeeded (or in-doubt) step of a compensating saga."""
 
@@ -179,6 +196,7 @@ Transition: TypeAlias = (
     | TakeOver
     | ResolveWait
     | KeepSignal
+    | RecordChild
     | MarkInDoubt
     | ClaimCompensation
     | QueueCompensations
@@ -257,6 +275,13 @@ class Revoke:
 
 
 @dataclass(frozen=True)
+class CancelChild:
+    """Cancel the running child saga of step ``index``: its parent stopped."""
+
+    index: int
+
+
+@dataclass(frozen=True)
 class RetryLater:
     """Send this message again in ``countdown`` seconds (the attempt was recorded)."""
 
@@ -291,6 +316,7 @@ Message: TypeAlias = (
     | SendStage
     | SendCompensations
     | Revoke
+    | CancelChild
     | Wake
     | RetryLater
     | Drop

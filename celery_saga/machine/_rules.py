@@ -10,6 +10,7 @@ from typing import Any, TypeAlias
 from ..errors import SagaStateError
 from ..records import StepRecord
 from ..status import SagaStatus, StepStatus
+from ._children import child_ended, stopped_parent
 from ._events import (
     AttemptFailed,
     AttemptReleased,
@@ -345,11 +346,22 @@ def _what_next(s: SagaState, now: datetime, stall: float | None, force: bool = F
         if stop is not None:
             return stop
         for st in s.steps:
+            if st.status is not StepStatus.WAITING:
+                continue
+            if s.shape.stage_of(st.index).child is not None:  # it waits for its child saga
+                child = s.children.get(st.index)
+                moved = None if child is None else child_ended(s, st, child)
+                if moved is not None:
+                    return moved
+                continue
             until = st.lease_expires_at
-            if st.status is StepStatus.WAITING and until is not None and until <= now:
+            if until is not None and until <= now:
                 return wake(s, st)
         return _nothing("waiting")
     if s.status is SagaStatus.COMPENSATING:
+        first = stopped_parent(s) if s.children else None
+        if first is not None:
+            return first
         if any(
             st.status is StepStatus.COMPENSATING and _alive(st, now) and not force for st in s.steps
         ):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -18,6 +18,7 @@ __all__ = [
     "DEADLINE_EXCEEDED",
     "IN_DOUBT",
     "WAIT_TIMED_OUT",
+    "Child",
     "Delivery",
     "IllegalEvent",
     "Outcome",
@@ -62,6 +63,17 @@ class Outcome(enum.Enum):
 
 
 @dataclass(frozen=True)
+class Child:
+    """A child saga as its parent's decisions see it: how it stands, what it gave."""
+
+    saga_id: str
+    name: str
+    status: SagaStatus
+    output: Any = None  #: its result, once ``COMPLETED``
+    error: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
 class Delivery:
     """What one step or compensation message says of its saga.
 
@@ -85,6 +97,8 @@ class Delivery:
     #: group): the branch ends of its stage, which must all have succeeded.
     ends: tuple[int, ...] = ()
     final: bool = False  #: a joining step of the saga's last stage: the join completes it
+    #: A child saga's parent and the parent's step it is: its end lets the parent go on.
+    parent: tuple[str, int] | None = None
 
     @property
     def is_last_step(self) -> bool:
@@ -106,6 +120,8 @@ class SagaState:
     error: Mapping[str, Any] | None = None
     failed_step: int | None = None
     topology: Topology | None = None  #: None: one step per stage (a plan without groups)
+    #: The child sagas it started, by the index of their stage's step.
+    children: Mapping[int, Child] = field(default_factory=dict)
 
     @property
     def shape(self) -> Topology:

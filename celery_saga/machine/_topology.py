@@ -26,6 +26,13 @@ class Stage:
     #: A ``wait_for`` (``signal``, ``timeout``, ``on_timeout``) or a sleep (``sleep``
     #: seconds, or ``until`` epoch seconds): the stage waits instead of running a body.
     wait: Mapping[str, Any] | None = None
+    #: A child saga's stored plan: the stage runs that saga and waits for its end.
+    child: Mapping[str, Any] | None = None
+
+    @property
+    def holds(self) -> bool:
+        """Whether the saga waits at this stage (for a signal, a time or a child saga)."""
+        return self.wait is not None or self.child is not None
 
     @property
     def ends(self) -> tuple[int, ...]:
@@ -60,12 +67,15 @@ class Topology:
         grouped: dict[int, dict[int, list[int]]] = {}
         is_group: dict[int, bool] = {}
         waits: dict[int, Mapping[str, Any]] = {}
+        children: dict[int, Mapping[str, Any]] = {}
         for step in steps:
             stage = step.get("stage", step["index"])
             branch = step.get("branch")
             is_group[stage] = branch is not None
             if step.get("wait") is not None:
                 waits[stage] = step["wait"]
+            if step.get("child") is not None:
+                children[stage] = step["child"]
             grouped.setdefault(stage, {}).setdefault(0 if branch is None else branch, []).append(
                 step["index"]
             )
@@ -75,6 +85,7 @@ class Topology:
                 tuple(tuple(b) for _, b in sorted(branches.items())),
                 is_group[number],
                 waits.get(number),
+                children.get(number),
             )
             for number, branches in sorted(grouped.items())
         )
@@ -113,21 +124,21 @@ class Topology:
         """The steps that travel as one chain from ``start``.
 
         In a group: the rest of ``start``'s branch. Else: ``start`` and the steps after
-        it up to the next group, or up to and with the next wait (the whole rest, in a
-        saga of steps only).
+        it up to the next group, or up to and with the next wait or child saga (the whole
+        rest, in a saga of steps only).
         """
         stage = self.stage_of(start)
         if stage.group:
             branch = self._branch_of[start]
             return branch[branch.index(start) :]
         run = [start]
-        if stage.wait is not None:
+        if stage.holds:
             return tuple(run)
         for later in self.stages[self._stage_of[start] + 1 :]:
             if later.group:
                 break
             run.extend(later.steps)
-            if later.wait is not None:
+            if later.holds:
                 break
         return tuple(run)
 
@@ -135,6 +146,11 @@ class Topology:
     def waits(self) -> tuple[tuple[int, Mapping[str, Any]], ...]:
         """The saga's wait and sleep steps, in plan order, with what each waits for."""
         return tuple((s.steps[0], s.wait) for s in self.stages if s.wait is not None)
+
+    @property
+    def children(self) -> tuple[tuple[int, Mapping[str, Any]], ...]:
+        """The saga's child saga steps, in plan order, with each child's plan."""
+        return tuple((s.steps[0], s.child) for s in self.stages if s.child is not None)
 
     def joins(self, index: int) -> bool:
         """Whether step ``index``'s success is a join.

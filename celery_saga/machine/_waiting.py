@@ -21,7 +21,7 @@ from ._moves import (
 )
 from ._state import WAIT_TIMED_OUT, Delivery, IllegalEvent, Outcome, SagaState
 
-__all__ = ["signal_rule", "wait_entered", "wake"]
+__all__ = ["go_on", "resolved", "signal_rule", "wait_entered", "wake"]
 
 #: Without a sweep, a long wait's message comes back at most this often (seconds).
 _NO_SWEEP_WAKE = 60.0
@@ -53,7 +53,7 @@ def wait_entered(d: Delivery, e: WaitEntered) -> Move:
     raise IllegalEvent(d.saga_id, "a wait", e, "a wait outcome")
 
 
-def _go_on(s: SagaState, index: int, result: Any) -> tuple[Message, ...]:
+def go_on(s: SagaState, index: int, result: Any) -> tuple[Message, ...]:
     """After the wait at ``index`` resolved with ``result``: the next stage, or the end."""
     following = s.shape.next_stage(index)
     if following is None:
@@ -61,7 +61,7 @@ def _go_on(s: SagaState, index: int, result: Any) -> tuple[Message, ...]:
     return tuple(SendSteps(branch[0], (result,)) for branch in following.branches)
 
 
-def _resolved(s: SagaState, index: int, result: Any) -> ResolveWait:
+def resolved(s: SagaState, index: int, result: Any) -> ResolveWait:
     final = s.shape.next_stage(index) is None
     saga_status = SagaStatus.COMPLETED if final else SagaStatus.RUNNING
     return ResolveWait(index, StepStatus.SUCCEEDED, saga_status, result=result)
@@ -74,8 +74,8 @@ def wake(s: SagaState, step: StepRecord) -> Move:
     if name is None or spec.get("on_timeout") == "continue":
         result = (step.args or [None])[0] if name is None else None
         return Move(
-            _resolved(s, step.index, result),
-            _go_on(s, step.index, result),
+            resolved(s, step.index, result),
+            go_on(s, step.index, result),
             action="wake" if name is None else "continue",
             reason="its sleep ended" if name is None else f"no signal {name!r}: go on",
         )
@@ -115,8 +115,8 @@ def signal_rule(s: SagaState, e: Signal) -> Move:
         step = steps[index]
         if step.status is StepStatus.WAITING:
             return Move(
-                _resolved(s, index, e.payload),
-                _go_on(s, index, e.payload),
+                resolved(s, index, e.payload),
+                go_on(s, index, e.payload),
                 action="signal",
                 reason=f"signal {e.name!r}",
                 steps=(index,),

@@ -82,4 +82,6 @@ def saga_record(row: Row[Any]) -> SagaRecord:
         recovery_error=m.get("recovery_error"),
         version=m.get("version"),
         parked=m.get("parked"),
+        parent_id=m.get("parent_id"),
+        parent_step=m.get("parent_step"),
     )

@@ -9,10 +9,11 @@ from typing import Any
 
 from sqlalchemy import null, select, update
 
+from ..records import SagaRecord
 from ..status import SagaStatus, StepStatus
 from ._base import StoreBase
-from ._rows import aware, utcnow
-from ._statements import COMPLETE_SAGA, LOCK_SAGA
+from ._rows import aware, saga_record, utcnow
+from ._statements import COMPLETE_SAGA, INSERT_SAGA, LOCK_SAGA
 from .schema import saga_steps, sagas
 
 __all__ = ["WaitStore", "Waiting"]
@@ -33,7 +34,7 @@ def _naive(value: datetime) -> datetime:
 
 
 class WaitStore(StoreBase):
-    """Waits (``enter_wait``, ``resolve_wait``, ``keep_signal``) and parking."""
+    """Waits (``enter_wait``, ``resolve_wait``, ``keep_signal``), child sagas, parking."""
 
     # -- waits --------------------------------------------------------------------
 
@@ -47,6 +48,8 @@ class WaitStore(StoreBase):
         stage: int,
         task: str,
         final: bool,
+        child: Mapping[str, Any] | None = None,
+        compensate: str | None = None,
     ) -> Waiting:
         """Put a running saga to wait at step ``index`` until ``due`` (None: a signal only).
 
@@ -54,6 +57,10 @@ class WaitStore(StoreBase):
         ``waiting`` (now, or already: ``due`` is the stored one), ``recorded`` (a signal
         kept for it resolves it at once; with ``final``, ``completed``), ``stopped``
         (the saga is not running), ``done`` (resolved before) or ``missing``.
+
+        ``child``: the row of the child saga the stage runs, stored in the same
+        transaction as the wait, so that a parent stopped meanwhile always sees it;
+        ``compensate``: what undoes the stage.
         """
         now = utcnow()
         c = saga_steps.c
@@ -77,7 +84,8 @@ class WaitStore(StoreBase):
                 connection.execute(
                     saga_steps.insert().values(
                         saga_id=saga_id, idx=index, stage=stage, task=task,
-                        status=StepStatus.WAITING, attempts=1, started_at=now, args=list(args),
+                        compensate=compensate, status=StepStatus.WAITING, attempts=1,
+                        started_at=now, args=list(args),
                         kwargs={}, lease_expires_at=None if due is None else _naive(due),
                         compensation_attempts=0,
                     )
@@ -87,6 +95,8 @@ class WaitStore(StoreBase):
                     .where(sagas.c.id == saga_id, sagas.c.status == SagaStatus.RUNNING)
                     .values(status=SagaStatus.WAITING, updated_at=now)
                 )
+                if child is not None:
+                    connection.execute(INSERT_SAGA, dict(child))
                 return Waiting("waiting", due, entered=True)
             connection.execute(  # a signal came first: it is the stage's result
                 update(saga_steps)
@@ -165,6 +175,66 @@ class WaitStore(StoreBase):
                 )
             )  # fmt: skip
         return True
+
+    # -- child sagas ------------------------------------------------------------
+
+    def child_sagas(self, parent_id: str) -> list[SagaRecord]:
+        """The child sagas of a saga (those it ran as stages), in step order."""
+        query = select(sagas).where(sagas.c.parent_id == parent_id).order_by(sagas.c.parent_step)
+        rows = self._read("read the child sagas", lambda c: c.execute(query).all())
+        return [saga_record(row) for row in rows]
+
+    def reopen_child(self, saga_id: str, error: Mapping[str, Any]) -> bool:
+        """Move a ``COMPLETED`` child saga to ``COMPENSATING``: its parent undoes it.
+
+        False: it was not ``COMPLETED`` (reopened already, or never completed).
+        """
+        now = utcnow()
+        with self._write_one("reopen the child saga") as connection:
+            reopened = connection.execute(
+                update(sagas)
+                .where(sagas.c.id == saga_id, sagas.c.status == SagaStatus.COMPLETED)
+                .values(
+                    status=SagaStatus.COMPENSATING,
+                    error=dict(error),
+                    finished_at=None,
+                    updated_at=now,
+                )
+            )
+        return reopened.rowcount == 1
+
+    def record_child(
+        self,
+        saga_id: str,
+        index: int,
+        step_status: StepStatus,
+        *,
+        result: Any = None,
+        error: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """Record on a stopped parent's step how its child saga ended.
+
+        ``SUCCEEDED`` with ``result`` (the child completed: it is undone with the
+        rest), ``COMPENSATED`` or ``COMPENSATION_FAILED`` with ``error`` (the child
+        undid itself, or gave up). False: the step had moved on.
+        """
+        now = utcnow()
+        c = saga_steps.c
+        values: dict[str, Any] = {"status": step_status, "claim": None, "lease_expires_at": None}
+        if step_status is StepStatus.SUCCEEDED:
+            values.update(result=result, finished_at=now)
+        else:
+            values.update(compensation_finished_at=now)
+            if error is not None:
+                values["compensation_error"] = dict(error)
+        open_ = [StepStatus.WAITING, StepStatus.PENDING, StepStatus.COMPENSATING]
+        with self._write_one("record the child saga's end") as connection:
+            recorded = connection.execute(
+                update(saga_steps)
+                .where(c.saga_id == saga_id, c.idx == index, c.status.in_(open_))
+                .values(**values)
+            )
+        return recorded.rowcount == 1
 
     def park(self, saga_id: str, note: Mapping[str, Any] | None) -> None:
         """Note why the saga waits for a worker that has one of its tasks (None: it does not)."""

@@ -140,12 +140,30 @@ def _v4_versions_and_parking(op: Operations) -> None:
     )
 
 
+def _v5_children(op: Operations) -> None:
+    op.add_column(
+        "celery_sagas",
+        Column(
+            "parent_id",
+            String(255),
+            nullable=True,
+            comment="the saga this one is a stage of (a child saga)",
+        ),
+    )
+    op.add_column(
+        "celery_sagas",
+        Column("parent_step", Integer, nullable=True, comment="the parent's step this saga is"),
+    )
+    op.create_index("ix_celery_sagas_parent", "celery_sagas", ["parent_id"])
+
+
 #: Migration ``n`` (1-based) brings the schema from version ``n - 1`` to ``n``.
 MIGRATIONS: tuple[Callable[[Operations], None], ...] = (
     _v1_initial,
     _v2_attempt_errors,
     _v3_recovery_error,
     _v4_versions_and_parking,
+    _v5_children,
 )
 
 assert len(MIGRATIONS) == SCHEMA_VERSION, "every schema version needs its migration"

@@ -25,7 +25,7 @@ from sqlalchemy.types import TypeEngine
 __all__ = ["SCHEMA_VERSION", "metadata", "saga_schema", "saga_steps", "sagas"]
 
 #: The version :func:`celery_saga.store.migrations.upgrade` brings a database to.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 ID_LENGTH = 255
 NAME_LENGTH = 255
@@ -80,10 +80,18 @@ sagas = Table(
         nullable=True,
         comment="why the saga waits for a worker that has one of its tasks",
     ),
+    Column(
+        "parent_id",
+        String(ID_LENGTH),
+        nullable=True,
+        comment="the saga this one is a stage of (a child saga)",
+    ),
+    Column("parent_step", Integer, nullable=True, comment="the parent's step this saga is"),
     Index("ix_celery_sagas_status_created", "status", "created_at"),
     Index("ix_celery_sagas_created", "created_at"),
     Index("ix_celery_sagas_name_created", "name", "created_at"),
     Index("ix_celery_sagas_finished", "finished_at"),
+    Index("ix_celery_sagas_parent", "parent_id"),
     comment="one row per saga",
 )
 

@@ -88,6 +88,8 @@ __all__ = [
     "utcnow",
 ]
 
+#: The statuses a saga never leaves on its own.
+_TERMINAL = [s.value for s in SagaStatus if s.is_terminal]
 #: The most entries ``attempt_errors`` keeps on a step (the newest).
 MAX_ATTEMPT_ERRORS = 50
 
@@ -786,8 +788,8 @@ class SagaStore(WaitStore):
         Those with a step or compensation whose lease ran out (its worker died), or a
         wait that is due, however young, first; then those stored before
         ``created_before``, oldest first. A waiting saga is looked at only when its wait
-        is due (its timeout, its sleep's end or its deadline): sagas waiting for days
-        never crowd the batch.
+        is due (its timeout, its sleep's end or its deadline) or the child saga it waits
+        for has ended: sagas waiting for days never crowd the batch.
         """
         c = saga_steps.c
         lost = exists().where(  # or a wait that is due
@@ -795,14 +797,25 @@ class SagaStore(WaitStore):
             c.status.in_([StepStatus.RUNNING, StepStatus.COMPENSATING, StepStatus.WAITING]),
             c.lease_expires_at < utcnow(),
         )
+        child = sagas.alias("child")
+        ended_child = exists().where(  # a parent waiting at a child saga that has ended
+            child.c.parent_id == sagas.c.id,
+            child.c.status.in_(_TERMINAL),
+            exists().where(
+                c.saga_id == sagas.c.id,
+                c.idx == child.c.parent_step,
+                c.status == StepStatus.WAITING,
+            ),
+        )
         moving = [SagaStatus.RUNNING, SagaStatus.COMPENSATING]
         old = and_(
             sagas.c.status.in_(moving), sagas.c.created_at < created_before.replace(tzinfo=None)
         )
+        due = or_(lost, and_(sagas.c.status == SagaStatus.WAITING, ended_child))
         query = (
             select(sagas)
-            .where(sagas.c.status.in_([*moving, SagaStatus.WAITING]), or_(old, lost))
-            .order_by(case((lost, 0), else_=1), sagas.c.created_at)
+            .where(sagas.c.status.in_([*moving, SagaStatus.WAITING]), or_(old, due))
+            .order_by(case((due, 0), else_=1), sagas.c.created_at)
             .limit(limit)
         )
         rows = self._read("find unfinished sagas", lambda c: c.execute(query).all())
@@ -870,9 +883,12 @@ class SagaStore(WaitStore):
                 )
         if not wanted:
             return 0
+        parent = sagas.alias("parent")
         due = and_(
             sagas.c.status.in_([status.value for status in wanted]),
             sagas.c.finished_at < finished_before.replace(tzinfo=None),
+            # a child saga goes with its parent: a running parent may still undo it
+            ~exists().where(parent.c.id == sagas.c.parent_id, parent.c.status.not_in(_TERMINAL)),
         )
         if dry_run:
             count = select(func.count()).select_from(sagas).where(due)
