@@ -13,7 +13,7 @@ import enum
 import functools
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -198,6 +198,7 @@ def saga() -> None:
 @click.option(
     "--parked", is_flag=True, help="Only sagas waiting for a worker that has one of their tasks."
 )
+@click.option("--parent", help="Only the child sagas of this saga.")
 @click.option("--older-than", type=DURATION, help="Started longer ago than this (7d, 2h).")
 @click.option("--newer-than", type=DURATION, help="Started within this (30m).")
 @click.option("--limit", type=click.IntRange(1, 10000), default=50, show_default=True)
@@ -209,6 +210,7 @@ def list_(
     name: str | None,
     version: str | None,
     parked: bool,
+    parent: str | None,
     older_than: timedelta | None,
     newer_than: timedelta | None,
     limit: int,
@@ -222,6 +224,7 @@ def list_(
         name=name,
         version=version,
         parked=parked,
+        parent=parent,
         created_before=None if older_than is None else now - older_than,
         created_after=None if newer_than is None else now - newer_than,
         limit=limit,
@@ -239,10 +242,10 @@ def list_(
     for record in records:
         status = click.style(f"{record.status.value:<12}", fg=_COLOURS.get(record.status))
         took = _seconds(record.duration)
-        _echo(
-            ctx,
-            f"{record.id:<{width}}  {status}  {_time(record.created_at)}  {took:>9}  {record.name}",
-        )
+        name = record.name
+        if record.parent_id is not None:
+            name += click.style(f"  (child of {record.parent_id})", dim=True)
+        _echo(ctx, f"{record.id:<{width}}  {status}  {_time(record.created_at)}  {took:>9}  {name}")
     if len(records) == limit:
         _echo(ctx, f"(page {page}; --page {page + 1} for more)")
 
@@ -264,8 +267,10 @@ def show(ctx: click.Context, saga_id: str, as_json: bool) -> None:
     if record is None:
         raise SagaNotFound(saga_id)
     steps = store.get_steps(saga_id)
+    children = store.child_sagas(saga_id) if Topology.of(record.plan).children else []
     if as_json:
         data = _saga_summary(record)
+        data["children"] = [_saga_summary(child) for child in children]
         data["steps"] = [
             {**_as_dict(step), "duration": step.duration,
              "compensation_duration": step.compensation_duration}
@@ -273,12 +278,14 @@ def show(ctx: click.Context, saga_id: str, as_json: bool) -> None:
         ]  # fmt: skip
         _emit_json(data)
         return
-    for line in render_saga(record, steps):
+    for line in render_saga(record, steps, children):
         _echo(ctx, line)
 
 
-def render_saga(record: SagaRecord, steps: Sequence[StepRecord]) -> list[str]:
-    """The human-readable tree ``celery saga show`` prints."""
+def render_saga(
+    record: SagaRecord, steps: Sequence[StepRecord], children: Sequence[SagaRecord] = ()
+) -> list[str]:
+    """The human-readable tree ``celery saga show`` prints (``children``: its child sagas)."""
     status = click.style(record.status.value, fg=_COLOURS.get(record.status), bold=True)
     version = "" if record.version is None else f"  version {record.version}"
     lines = [f"saga {record.id}  {record.name}{version}  {status}"]
@@ -286,6 +293,8 @@ def render_saga(record: SagaRecord, steps: Sequence[StepRecord]) -> list[str]:
     if record.finished_at is not None:
         when += f", ended {_time(record.finished_at)} ({_seconds(record.duration)})"
     lines.append(when)
+    if record.parent_id is not None:
+        lines.append(f"  child saga of {record.parent_id} (its step {record.parent_step})")
     lines += ["  " + click.style(f"why: {why}", fg="red") for why in _why(record, steps)]
     if record.parked and not record.status.is_terminal:
         lines.append("  " + click.style(f"parked: {record.parked.get('message', '')}", fg="yellow"))
@@ -294,7 +303,8 @@ def render_saga(record: SagaRecord, steps: Sequence[StepRecord]) -> list[str]:
         text = f"recovery failed {noted.get('at', '')}: {noted.get('message', '')}"
         lines.append("  " + click.style(text, fg="yellow"))
     now = datetime.now(UTC)
-    lines += _tree(_shape(record, steps), "", now)
+    by_step = {child.parent_step: child for child in children}
+    lines += _tree(_shape(record, steps), "", now, by_step)
     return lines
 
 
@@ -319,23 +329,34 @@ def _shape(record: SagaRecord, steps: Sequence[StepRecord]) -> list[_Node]:
     return nodes
 
 
-def _tree(nodes: Sequence[_Node], indent: str, now: datetime) -> list[str]:
+def _tree(
+    nodes: Sequence[_Node],
+    indent: str,
+    now: datetime,
+    children: Mapping[int | None, SagaRecord],
+) -> list[str]:
     lines: list[str] = []
     for number, node in enumerate(nodes):
         last = number == len(nodes) - 1
         branch, stem = ("└─", "   ") if last else ("├─", "│  ")
         if isinstance(node, tuple):
-            title, children = node
+            title, members = node
             lines.append(f"{indent}{branch} " + click.style(title, dim=True))
-            lines += _tree(children, indent + stem, now)
+            lines += _tree(members, indent + stem, now, children)
             continue
-        lines += _step_lines(node, f"{indent}{branch}", f"{indent}{stem}", now)
+        child = children.get(node.index)
+        lines += _step_lines(node, f"{indent}{branch}", f"{indent}{stem}", now, child)
     return lines
 
 
-def _step_lines(step: StepRecord, branch: str, stem: str, now: datetime) -> list[str]:
-    """A step, its lease, result and error, and its compensation."""
+def _step_lines(
+    step: StepRecord, branch: str, stem: str, now: datetime, child: SagaRecord | None = None
+) -> list[str]:
+    """A step (with the child saga it ran), its lease, result, error, and compensation."""
     lines = [f"{branch} {step.index} {step.name}  {_step_status(step)}"]
+    if child is not None:
+        status = click.style(child.status.value, fg=_COLOURS.get(child.status))
+        lines.append(f"{stem}   child saga {child.id}  {child.name}  {status}")
     lease = _lease(step, now)
     if lease:
         lines.append(f"{stem}   {lease}")

@@ -832,12 +832,16 @@ class SagaStore(WaitStore):
         offset: int = 0,
         version: str | None = None,
         parked: bool = False,
+        parent: str | None = None,
     ) -> list[SagaRecord]:
         """Sagas matching the filters, newest first, one page of at most ``limit``.
 
-        ``parked``: only those waiting for a worker that has one of their tasks.
+        ``parked``: only those waiting for a worker that has one of their tasks;
+        ``parent``: only the child sagas of this saga.
         """
         conditions: list[ColumnElement[bool]] = []
+        if parent is not None:
+            conditions.append(sagas.c.parent_id == parent)
         if version is not None:
             conditions.append(sagas.c.version == version)
         if parked:

@@ -176,6 +176,27 @@ def test_show_draws_a_group_side_by_side(env: SagaEnv) -> None:
     assert drawn[2].startswith("│  ├─ 1 shop.act  COMPENSATED  1 attempt  ")
 
 
+def test_show_and_list_link_a_child_saga_and_its_parent(env: SagaEnv) -> None:
+    """`show` names a stage's child saga and a child's parent; `list --parent` finds the
+    children, and `list` marks them."""
+    child = env.saga(env.sig("act", tag="b"), name="stay")
+    result = env.saga(env.sig("act", tag="a"), child, name="trip").apply_async(
+        saga_id=f"cli-{uuid.uuid4().hex}"
+    )
+    result.get(timeout=TIMEOUT)
+    child_id = f"{result.id}.1"
+    drawn = ok(env, "show", result.id).splitlines()
+    step = next(n for n, line in enumerate(drawn) if "1 celery_saga.child" in line)
+    assert drawn[step + 1].split() == ["child", "saga", child_id, "stay", "COMPLETED"]
+    assert [c["id"] for c in as_json(env, "show", result.id)["children"]] == [child_id]
+    assert f"child saga of {result.id} (its step 1)" in ok(env, "show", child_id)
+    listed = ok(env, "list", "--parent", result.id).splitlines()
+    assert len(listed) == 2
+    assert listed[1].startswith(child_id)
+    assert listed[1].endswith(f"stay  (child of {result.id})")
+    assert as_json(env, "list", "--parent", result.id)[0]["parent_step"] == 1
+
+
 def test_signal_ends_a_wait_with_the_data_as_payload(env: SagaEnv) -> None:
     """`signal ID NAME --data JSON` ends the saga's wait; bad JSON or a second one is an error."""
     result = env.saga(
