@@ -19,8 +19,11 @@ from celery_saga import (
     SagaStatus,
     SagaValidationError,
     StepStatus,
+    _drive,
     dispatch,
     recover,
+    signals,
+    wait_for,
 )
 from celery_saga import canvas as canvas_module
 from celery_saga import recovery as recovery_module
@@ -329,3 +332,27 @@ def test_saga_of_version_1_finishes_its_own_plan_after_version_2_is_out(
     assert [s.id for s in store.list_sagas(name="order", version="1")] == [first.id]
     assert first.record is not None
     assert (first.record.version, first.record.plan["saga_version"]) == ("1", "1")
+
+
+def test_parent_of_an_ended_child_goes_on_from_the_sweep(
+    env: SagaEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A child saga's end that never reached its waiting parent (a crash right after it)
+    is found by the sweep, which drives the parent on with the child's result."""
+    monkeypatch.setattr(_drive, "end", lambda app, event: signals.send_saga_end(event))
+    child = env.saga(env.sig("act", tag="b"), wait_for("go"), name="stay")
+    result = env.saga(env.sig("act", tag="a"), child, env.sig("act", tag="c")).apply_async(
+        saga_id=new_id()
+    )
+    kid = SagaResult(f"{result.id}.1", app=env.app)
+    deadline = time.monotonic() + TIMEOUT
+    while kid.record is None or kid.status is not SagaStatus.WAITING:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert all(r.saga_id != result.id for r in recover(env.app))  # waiting: not due
+    kid.signal("go", 1)
+    kid.get(timeout=TIMEOUT)
+    assert result.status is SagaStatus.WAITING  # its end was lost on the way
+    [report] = [r for r in recover(env.app) if r.saga_id == result.id]
+    assert report.action == "child"
+    assert result.get(timeout=TIMEOUT)["args"] == [1]
