@@ -24,9 +24,11 @@ that belongs to the saga's trace, else of the saga root.
 Deterministic span ids (for the root and for the links) need the SDK's tracer, which
 every exporter setup uses; another tracer gets the same trace id for the steps but
 its own ids. A ``wait <stage>`` span covers a saga's wait, from its start to the signal,
-the end of the sleep or the timeout. Metrics (``saga.sagas``, ``saga.duration``,
-``saga.step.duration``, ``saga.compensations``, ``saga.active``, ``saga.waiting``,
-``saga.wait.duration``) come from :mod:`celery_saga.signals`.
+the end of the sleep or the timeout, or the end of the child saga the stage ran (a
+child saga is a trace of its own, whose root links to that span of its parent's).
+Metrics (``saga.sagas``, ``saga.duration``, ``saga.step.duration``,
+``saga.compensations``, ``saga.active``, ``saga.waiting``, ``saga.wait.duration``) come
+from :mod:`celery_saga.signals`.
 
 .. versionadded:: 0.1
 """
@@ -348,12 +350,24 @@ class _SagaTracing:
         }
         if event.failed_step is not None:
             attributes["saga.failed_step"] = event.failed_step
+        links = []
+        if event.parent_id is not None and event.parent_step is not None:  # a child saga
+            attributes["saga.parent.id"] = event.parent_id
+            attributes["saga.parent.step"] = event.parent_step
+            stage = SpanContext(
+                saga_trace_id(event.parent_id),
+                _span_id(event.parent_id, "wait", event.parent_step, 1),
+                is_remote=True,
+                trace_flags=TraceFlags(TraceFlags.SAMPLED),
+            )
+            links.append(Link(stage, {"saga.link": "child of", "saga.id": event.parent_id}))
         span = _start(
             tracer,
             f"saga {event.saga_name}",
             (saga_trace_id(event.saga_id), _root_span_id(event.saga_id)),
             Context(),
             attributes=attributes,
+            links=links,
             start_time=start,
         )
         if event.status is not SagaStatus.COMPLETED:

@@ -213,6 +213,24 @@ def test_a_wait_is_a_span_and_feeds_the_wait_metrics(env: SagaEnv, telemetry: Te
     assert waiting.value == 0
 
 
+def test_a_child_saga_is_a_trace_linked_to_its_parents_stage(
+    env: SagaEnv, telemetry: Telemetry
+) -> None:
+    """A child saga's root span links to the span of the parent's stage that ran it."""
+    child = env.saga(env.sig("act", tag="b"), name="otel-child")
+    parent = env.saga(env.sig("act", tag="a"), child, name="otel-parent").apply_async(
+        saga_id=new_id()
+    )
+    parent.get(timeout=TIMEOUT)
+    spans = telemetry.saga_spans(parent.id)
+    (stage,) = by_name(spans)["wait celery_saga.child"]
+    assert stage.parent_id == _root(spans).span_id
+    root = _root(telemetry.saga_spans(f"{parent.id}.1"))
+    assert root.name == "saga otel-child"
+    assert root.attributes["saga.parent.id"] == parent.id
+    assert [(t, s) for t, s, _ in root.links] == [(stage.trace_id, stage.span_id)]
+
+
 def test_attempts_get_spans_of_their_own(env: SagaEnv, telemetry: Telemetry) -> None:
     """A retried step gets a span per attempt; its compensation links to the one that succeeded."""
     saga = env.saga(
