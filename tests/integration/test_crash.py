@@ -18,7 +18,15 @@ import pytest
 from celery import group
 
 import celery_saga
-from celery_saga import SagaCompensated, SagaStatus, StepStatus, recover, sleep, wait_for
+from celery_saga import (
+    SagaCompensated,
+    SagaResult,
+    SagaStatus,
+    StepStatus,
+    recover,
+    sleep,
+    wait_for,
+)
 from celery_saga._runtime import get_store
 from tests.scenarios import new_id
 from tests.support.envs import ROOT, broker_env, worker_process
@@ -190,6 +198,46 @@ def test_member_killed_mid_group_runs_again_and_the_group_joins(
     assert value["args"][0] == [{"tag": t, "args": [{"tag": "a", "args": []}]} for t in "bc"]
     assert [s.attempts for s in result.steps] == [1, 2, 2, 1]
     assert env.ledger.count("do", "e", result.id) == 1
+
+
+def test_child_saga_killed_mid_step_finishes_and_is_undone_as_a_unit(
+    postgres_url: str, worker_logs: Path
+) -> None:
+    """kill -9 during a child saga's step: after the lease the sweep runs it again, the
+    child completes, the parent goes on; a later failure undoes the child (its steps newest
+    first), then the parent's step before it."""
+    require("redis")
+    queue = f"child-{uuid.uuid4().hex[:8]}"
+    extra = {"SAGA_TEST_CONF": json.dumps(CONF)}
+    with broker_env("child", REDIS_URL, postgres_url, postgres_url, queue, **CONF) as env:
+        child = env.saga(env.sig("act", tag="b", hang_first=60), env.sig("act", tag="c"))
+        with worker_process(
+            REDIS_URL, postgres_url, postgres_url, queue, worker_logs / "child-first.log",
+            extra_env=extra,
+        ) as worker:  # fmt: skip
+            result = env.saga(
+                env.sig("act", tag="a"), child, env.sig("act", tag="d", fail=True)
+            ).apply_async(saga_id=new_id())
+            child_id = f"{result.id}.1"
+            _wait(lambda: env.ledger.count("do", "b", child_id) == 1)
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait()
+        time.sleep(LEASE)
+        with worker_process(
+            REDIS_URL, postgres_url, postgres_url, queue, worker_logs / "child-again.log",
+            extra_env=extra,
+        ):  # fmt: skip
+            (plan,) = recover(env.app, child_id, stalled_after=3600)
+            assert (plan.action, plan.steps) == ("forward", (0, 1))
+            with pytest.raises(SagaCompensated, match="d failed"):
+                result.get(timeout=60)
+    undone = [(e.saga_id, e.tag) for e in env.ledger.entries(action="undo")
+              if e.saga_id in (result.id, child_id)]  # fmt: skip
+    assert undone == [(child_id, "c"), (child_id, "b"), (result.id, "a")]
+    done_b = [e for e in env.ledger.entries(child_id, "do") if e.tag == "b"]
+    assert len(done_b) == 2  # the killed attempt and the one after, under one key
+    assert len({e.key for e in done_b}) == 1
+    assert SagaResult(child_id, app=env.app).status is SagaStatus.COMPENSATED
 
 
 def _kill_while_waiting(env: Any, result: Any, worker: subprocess.Popen[bytes]) -> None:
