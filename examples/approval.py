@@ -6,6 +6,8 @@ It starts the shop's worker as ``demo.py`` does (no servers), then runs two larg
 orders: one is approved with ``result.signal("approved", {...})`` and goes on with the
 approval as its next step's argument; the other is never approved and is refunded when
 its timeout passes (the saga ends ``COMPENSATED`` with a ``WaitTimedOut`` error).
+Last, a checkout runs as a child saga before an approval that never comes: at the
+timeout the completed checkout is undone as a unit, its own steps newest first.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ def main() -> None:
         sys.path.insert(0, str(HERE))
         import shop  # the same app module the worker runs
 
-        from celery_saga import SagaStatus
+        from celery_saga import SagaResult, SagaStatus
 
         worker = start_worker(Path(folder), Path(folder) / "worker.log")
         try:
@@ -45,6 +47,12 @@ def main() -> None:
             outcome = forgotten.get(timeout=60, propagate=False)
             print("\nunapproved saga returned:", repr(outcome))
             show(forgotten)
+
+            composed = shop.approved_checkout(f"o-{run}-3", 120, ["sku-1"], 2)
+            parent = composed.apply_async(saga_id=f"composed-{run}")
+            parent.get(timeout=60, propagate=False)
+            show(parent)
+            show(SagaResult(f"{parent.id}.0", app=shop.app))  # its checkout, a child saga
         finally:
             worker.send_signal(signal.SIGTERM)
             worker.wait(timeout=30)

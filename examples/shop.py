@@ -120,3 +120,19 @@ def big_order(order_id: str, amount: int, approval_timeout: float) -> celery_sag
         release_order.s(order_id),
         name="big-order",
     )
+
+
+def approved_checkout(
+    order_id: str, amount: int, skus: list[str], approval_timeout: float
+) -> celery_saga.Saga:
+    """A checkout, run as a child saga, then a person's approval.
+
+    Without an approval in time, the whole checkout is undone as a unit: its courier
+    booking and stock reservation, then its charge.
+    """
+    return celery_saga.saga(
+        checkout(order_id, amount, skus),
+        celery_saga.wait_for("approved", timeout=approval_timeout, on_timeout="compensate"),
+        release_order.s(order_id),
+        name="approved-checkout",
+    )

@@ -54,7 +54,8 @@ def test_demo_runs_as_written(tmp_path: Path) -> None:
 
 
 def test_approval_example_runs_as_written(tmp_path: Path) -> None:
-    """examples/approval.py: one large order approved by a signal, one refunded at its timeout."""
+    """examples/approval.py: a large order approved by a signal, one refunded at its timeout,
+    and a checkout child saga undone as a unit when its approval never comes."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "approval.py")],
@@ -66,6 +67,10 @@ def test_approval_example_runs_as_written(tmp_path: Path) -> None:
     assert "'approved_by': 'alice'" in out
     assert re.search(r"saga big-\w+-2: COMPENSATED", out)
     assert "WaitTimedOut" in out
+    assert re.search(
+        r"saga composed-\w+: COMPENSATED\n.*\n  0  celery_saga.child +COMPENSATED", out
+    )
+    assert re.search(r"saga composed-\w+\.0: COMPENSATED", out)  # the child, undone as a unit
 
 
 def test_missing_service_skips_locally(monkeypatch: pytest.MonkeyPatch) -> None:
