@@ -719,3 +719,42 @@ class SagaScenarios:
         while result.record is None or result.status is not status:
             assert time.monotonic() < deadline, f"{saga_id} never {status}"
             time.sleep(0.02)
+
+    def test_child_that_cannot_undo_itself_fails_its_parent_until_retried(
+        self, env: SagaEnv
+    ) -> None:
+        """A child whose compensation gives up ends FAILED, and so does its parent after
+        undoing the rest; retry_compensation() of the parent retries the child's."""
+        child = env.saga(env.sig("act", tag="b", fail_undo=3), env.sig("act", tag="c", fail=True))
+        result = env.saga(env.sig("act", tag="a"), child).apply_async(saga_id=new_id())
+        child_id = f"{result.id}.1"
+        with pytest.raises(SagaFailed):
+            result.get(timeout=TIMEOUT)
+        assert SagaResult(child_id, app=env.app).status is SagaStatus.FAILED
+        assert result.steps[1].status is StepStatus.COMPENSATION_FAILED
+        assert self._undo_order(env, result.id, child_id) == ["a"]
+        assert result.retry_compensation() == [1]
+        with pytest.raises(SagaCompensated, match="c failed"):
+            result.get(timeout=TIMEOUT)
+        assert self._undo_order(env, result.id, child_id) == ["a", "b"]
+        assert SagaResult(child_id, app=env.app).status is SagaStatus.COMPENSATED
+        assert result.steps[1].status is StepStatus.COMPENSATED
+
+    def test_child_after_a_group_is_undone_before_the_group(self, env: SagaEnv) -> None:
+        """In a parent with a group before its child, a later failure undoes the child as a
+        unit first, then the group's members."""
+        child = env.saga(env.sig("act", tag="c"), env.sig("act", tag="d"))
+        result = env.saga(
+            group(env.sig("act", tag="a1"), env.sig("act", tag="a2")),
+            child,
+            env.sig("act", tag="e", fail=True),
+        ).apply_async(saga_id=new_id())
+        with pytest.raises(SagaCompensated, match="e failed"):
+            result.get(timeout=TIMEOUT)
+        child_id = f"{result.id}.2"
+        undone = self._undo_order(env, result.id, child_id)
+        assert undone[:2] == ["d", "c"]
+        assert sorted(undone[2:]) == ["a1", "a2"]
+        assert env.ledger.entries(child_id, "do")[0].payload == {
+            "args": [[{"tag": "a1", "args": []}, {"tag": "a2", "args": []}]]
+        }
