@@ -111,16 +111,19 @@ class StoreBase:
         with self._errors(doing), self._autocommit.connect() as connection:
             yield connection
 
-    def _read(self, doing: str, read: Callable[[Connection], T]) -> T:
+    def _read(self, doing: str, read: Callable[[Connection], T], *, one: bool = False) -> T:
         """Run ``read`` on a connection; once more if a stale pooled one was dropped.
 
         After the database went away, the first use of each pooled connection fails;
         a read is safe to repeat on a fresh one (writes are retried by their callers).
+        ``one``: ``read`` is a single statement: on servers it runs in autocommit, with
+        no BEGIN and ROLLBACK around it (what ``SagaResult.get`` polls with).
         """
         self.ensure_schema()
+        engine = self._autocommit if one and self._autocommit is not None else self.engine
         for attempt in (1, 2):
             try:
-                with self._errors(doing), self.engine.connect() as connection:
+                with self._errors(doing), engine.connect() as connection:
                     return read(connection.execution_options(**READ_ONLY))
             except SagaStoreError as exc:
                 cause = exc.__cause__

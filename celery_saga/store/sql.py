@@ -779,7 +779,7 @@ class SagaStore(WaitStore):
     def get_saga(self, saga_id: str) -> SagaRecord | None:
         """The saga's row, or None."""
         query = select(sagas).where(sagas.c.id == saga_id)
-        row = self._read("read the saga", lambda connection: connection.execute(query).first())
+        row = self._read("read the saga", lambda c: c.execute(query).first(), one=True)
         return None if row is None else saga_record(row)
 
     def unfinished_sagas(self, created_before: datetime, limit: int) -> list[SagaRecord]:
@@ -913,7 +913,7 @@ class SagaStore(WaitStore):
         """Only the saga's status (what ``SagaResult.get`` polls)."""
         params = {"p_saga": saga_id}
         status = self._read(
-            "read the saga's status", lambda c: c.execute(SAGA_STATUS, params).scalar()
+            "read the saga's status", lambda c: c.execute(SAGA_STATUS, params).scalar(), one=True
         )
         return None if status is None else SagaStatus(status)
 
