@@ -245,6 +245,9 @@ def list_(
         name = record.name
         if record.parent_id is not None:
             name += click.style(f"  (child of {record.parent_id})", dim=True)
+        if record.parked and not record.status.is_terminal:
+            task = record.parked.get("task", "")
+            name += click.style(f"  (parked: no worker has {task})", fg="yellow")
         _echo(ctx, f"{record.id:<{width}}  {status}  {_time(record.created_at)}  {took:>9}  {name}")
     if len(records) == limit:
         _echo(ctx, f"(page {page}; --page {page + 1} for more)")

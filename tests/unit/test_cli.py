@@ -197,6 +197,18 @@ def test_show_and_list_link_a_child_saga_and_its_parent(env: SagaEnv) -> None:
     assert as_json(env, "list", "--parent", result.id)[0]["parent_step"] == 1
 
 
+def test_list_marks_a_parked_saga(env: SagaEnv, sagas: Sagas) -> None:
+    """`list` says which task a parked saga waits for a worker with."""
+    store = get_store(env.app)
+    store.park(sagas.running, {"task": "shop.gone", "message": "task 'shop.gone' is not ..."})
+    try:
+        (line,) = [ln for ln in ok(env, "list").splitlines() if ln.startswith(sagas.running)]
+        assert line.endswith("parked  (parked: no worker has shop.gone)")
+        assert [s["id"] for s in as_json(env, "list", "--parked")] == [sagas.running]
+    finally:
+        store.park(sagas.running, None)
+
+
 def test_signal_ends_a_wait_with_the_data_as_payload(env: SagaEnv) -> None:
     """`signal ID NAME --data JSON` ends the saga's wait; bad JSON or a second one is an error."""
     result = env.saga(
