@@ -36,8 +36,8 @@ from .machine import (
     Reconcile,
     RecordChild,
     Reopen,
+    ReopenChild,
     ResolveWait,
-    RetryCompensation,
     Revoke,
     SagaState,
     SendCompensations,
@@ -46,6 +46,7 @@ from .machine import (
     Stop,
     TakeOver,
     Topology,
+    UndoAsUnit,
     decide,
 )
 from .records import SagaRecord, StepRecord
@@ -161,6 +162,8 @@ def _commit(app: Celery, saga: SagaRecord, move: Move, force: bool) -> bool:
         return store.finish_saga_compensation(saga.id)  # False: ended elsewhere
     if isinstance(transition, Reopen):
         return store.reopen_failed_compensations(saga.id) is not None
+    if isinstance(transition, ReopenChild):
+        return store.reopen_child(saga.id, transition.error)
     raise TypeError(f"not a transition of a whole saga: {transition!r}")
 
 
@@ -255,23 +258,15 @@ def _cancel_child(app: Celery, parent: SagaRecord, index: int) -> None:
 def undo_child(app: Celery, saga_id: str, index: int) -> None:
     """Undo the child saga of step ``index`` as a unit: its own compensations, in reverse.
 
-    The compensation of a child saga stage (claimed by the caller). A completed child
-    is reopened and compensates; one whose compensation gave up retries it. The parent
-    goes on when the child has ended (:func:`end`), or now if it had already.
+    The compensation of a child saga stage (claimed by the caller). The parent goes on
+    when the child has ended (:func:`end`), or now if it had already.
     """
-    store = get_store(app)
-    loaded = load(store, child_saga_id(saga_id, index))
-    if loaded is None:  # never stored, or purged: nothing of it is left to undo
-        store.record_child(saga_id, index, StepStatus.COMPENSATED)
-    else:
+    loaded = load(get_store(app), child_saga_id(saga_id, index))
+    if loaded is not None:  # (not in the store: the parent's settle says so)
         child, state = loaded
-        if child.status is SagaStatus.COMPLETED:
-            error = {"type": CANCELLED, "message": f"its parent saga {saga_id!r} compensates",
-                     "traceback": ""}  # fmt: skip
-            if store.reopen_child(child.id, error):
-                settle(app, child.id)
-        elif child.status is SagaStatus.FAILED:
-            carry_out(app, child, decide(state, RetryCompensation()), steps=state.steps)
+        error = {"type": CANCELLED, "message": f"its parent saga {saga_id!r} compensates",
+                 "traceback": ""}  # fmt: skip
+        carry_out(app, child, decide(state, UndoAsUnit(error)), steps=state.steps)
     settle(app, saga_id)
 
 

@@ -18,7 +18,7 @@ from . import _observe, signals
 from ._runtime import get_store
 from .dispatch import COMPENSATE_TASK, publish_stage
 from .errors import SagaConfigurationError, SagaConflictError, SagaValidationError
-from .plan import SagaPlan, SagaSpec, build_plan
+from .plan import SagaPlan, SagaSpec, build_plan, saga_row
 from .result import SagaResult
 from .signals import SagaEvent
 from .status import SagaStatus
@@ -98,19 +98,8 @@ class Saga(SagaSpec):
             )
         stored = plan.as_json()
         now = utcnow()
-        saga_row = {
-            "id": saga_id,
-            "name": plan.name,
-            "status": SagaStatus.RUNNING,
-            "plan": stored,
-            "plan_hash": plan.hash,
-            "step_count": len(plan.steps),
-            "version": plan.version,
-            "created_at": now,
-            "updated_at": now,
-        }
         store = get_store(app)
-        existing = store.create_saga(saga_row)
+        existing = store.create_saga(saga_row(saga_id, stored, now))
         if existing is not None:
             if existing.plan_hash != plan.hash:
                 raise SagaConflictError(

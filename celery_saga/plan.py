@@ -14,6 +14,7 @@ import hashlib
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from celery import Celery, Signature
@@ -24,10 +25,19 @@ from ._values import json_problem, unstorable
 from .config import get_config
 from .definition import original_run, step_definition
 from .errors import SagaConfigurationError, SagaValidationError
+from .status import SagaStatus
 from .store.schema import NAME_LENGTH, VERSION_LENGTH
 from .waits import WAIT_TASK, Wait
 
-__all__ = ["CHILD_TASK", "PLAN_VERSION", "SagaPlan", "SagaSpec", "build_plan"]
+__all__ = [
+    "CHILD_TASK",
+    "PLAN_VERSION",
+    "SagaPlan",
+    "SagaSpec",
+    "build_plan",
+    "plan_hash",
+    "saga_row",
+]
 
 #: The stored plan's form: 2 added parallel groups (``branch`` on their members),
 #: waits (``wait`` on their steps) and child sagas (``child``: the child's plan).
@@ -88,8 +98,31 @@ class SagaPlan:
     @property
     def hash(self) -> str:
         """sha256 of the plan: the same saga_id with another hash is a conflict."""
-        encoded = json_dumps(self.as_json(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(encoded.encode()).hexdigest()
+        return plan_hash(self.as_json())
+
+
+def plan_hash(stored: Mapping[str, Any]) -> str:
+    """sha256 of a stored plan."""
+    encoded = json_dumps(stored, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(encoded.encode()).hexdigest()
+
+
+def saga_row(
+    saga_id: str, stored: Mapping[str, Any], now: datetime, **links: Any
+) -> dict[str, Any]:
+    """The row a new saga is stored as, ``RUNNING`` (``links``: a child's parent)."""
+    return {
+        "id": saga_id,
+        "name": stored["name"],
+        "status": SagaStatus.RUNNING,
+        "plan": stored,
+        "plan_hash": plan_hash(stored),
+        "step_count": len(stored["steps"]),
+        "version": stored.get("saga_version"),
+        "created_at": now,
+        "updated_at": now,
+        **links,
+    }
 
 
 def _check_json(value: Any, what: str, step: str) -> None:

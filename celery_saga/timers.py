@@ -17,7 +17,6 @@ on from the store (:func:`celery_saga._drive.end`; the sweep if that was lost).
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -26,14 +25,24 @@ from typing import Any
 from celery import Celery, Task
 from celery.exceptions import Ignore
 from celery.utils.log import get_task_logger
-from kombu.utils.json import dumps as json_dumps
 
 from . import _drive, _observe, signals
 from ._runtime import get_store
 from .config import get_config
 from .dispatch import HEADER, child_saga_id, guarded, publish_stage, republish, step_delivery
-from .machine import Delivery, Drop, Ended, Outcome, Reconcile, WaitEntered, Wake, decide
-from .plan import CHILD_TASK
+from .machine import (
+    Delivery,
+    Drop,
+    Ended,
+    Outcome,
+    Reconcile,
+    StartChild,
+    Stop,
+    WaitEntered,
+    Wake,
+    decide,
+)
+from .plan import CHILD_TASK, saga_row
 from .signals import SagaEvent, StepEvent
 from .status import SagaStatus
 from .store import utcnow
@@ -63,8 +72,8 @@ def _hold(
     due: float | None,
     reason: str,
     child: Mapping[str, Any] | None = None,
-) -> bool:
-    """Put the saga to wait at this stage; True if this call did (the body of both tasks).
+) -> None:
+    """Put the saga to wait at this stage (the body of both tasks).
 
     ``due``: when the wait ends on its own (epoch seconds; None: never). ``child``: the
     row of the child saga the stage runs, stored with the wait.
@@ -94,11 +103,21 @@ def _hold(
     stored = None if waiting.due is None else waiting.due.timestamp()
     interval = get_config(app).recovery_interval  # None: no sweep; countdowns all the way
     soon = None if interval is None else 2 * interval
-    move = decide(d, WaitEntered(Outcome(waiting.outcome), now, stored, soon))
+    entered = WaitEntered(Outcome(waiting.outcome), now, stored, soon, waiting.entered,
+                          child is not None)  # fmt: skip
+    move = decide(d, entered)
+    stop = move.transition
+    if isinstance(stop, Stop):  # the child's id is another saga's
+        logger.error("saga %s: %s (%s)", d.saga_id, move.reason, (child or {}).get("id"))
+        if not guard(lambda: get_store(app).cancel_saga(d.saga_id, stop.error)):
+            raise Ignore()
     if waiting.entered:
         signals.saga_waiting.send(sender=d.name, event=_event(d, task.name, reason))
     for message in move.messages:
-        if isinstance(message, Reconcile):
+        if isinstance(message, StartChild):
+            assert child is not None
+            _start_child(app, d, child)
+        elif isinstance(message, Reconcile):
             guard(lambda: _drive.settle(app, d.saga_id))
         elif isinstance(message, Wake):
             raise republish(task, message.countdown)
@@ -116,7 +135,6 @@ def _hold(
             raise Ignore()
         else:
             raise TypeError(f"a wait does not carry out {message!r}")
-    return bool(waiting.entered)
 
 
 def _delivery(task: Task[Any, Any]) -> Delivery:
@@ -141,21 +159,7 @@ def _child_row(
     stored = {**plan, "parent": {"id": d.saga_id, "step": d.index}}
     if args:  # what its first .s() steps get: the result before the stage
         stored["input"] = list(args)
-    encoded = json_dumps(stored, sort_keys=True, separators=(",", ":"))
-    now = utcnow()
-    return {
-        "id": child_id,
-        "name": plan["name"],
-        "status": SagaStatus.RUNNING,
-        "plan": stored,
-        "plan_hash": hashlib.sha256(encoded.encode()).hexdigest(),
-        "step_count": len(plan["steps"]),
-        "version": plan.get("saga_version"),
-        "created_at": now,
-        "updated_at": now,
-        "parent_id": d.saga_id,
-        "parent_step": d.index,
-    }
+    return saga_row(child_id, stored, utcnow(), parent_id=d.saga_id, parent_step=d.index)
 
 
 def _child(self: Task[Any, Any], *args: Any, **kwargs: Any) -> None:
@@ -168,17 +172,19 @@ def _child(self: Task[Any, Any], *args: Any, **kwargs: Any) -> None:
         raise Ignore()  # the saga is not known here: the wait's claim would say so
     plan: Mapping[str, Any] = parent.plan["steps"][d.index]["child"]
     child_id = child_saga_id(d.saga_id, d.index)
-    row = _child_row(d, plan, args, child_id)
-    if not _hold(self, d, args, None, child_id, child=row):
-        return  # started before (this is a redelivery): the sweep sends what was lost
-    event = SagaEvent(child_id, row["name"], SagaStatus.RUNNING, parent_id=d.saga_id,
+    _hold(self, d, args, None, child_id, child=_child_row(d, plan, args, child_id))
+
+
+def _start_child(app: Celery, d: Delivery, row: Mapping[str, Any]) -> None:
+    """Send the first stage of the child saga just stored (``row``)."""
+    event = SagaEvent(row["id"], row["name"], SagaStatus.RUNNING, parent_id=d.saga_id,
                       parent_step=d.index)  # fmt: skip
     try:
-        with _observe.publishing(app, child_id, row["name"]):
-            publish_stage(app, child_id, row["plan"], 0, created=row["created_at"],
-                          previous=args)  # fmt: skip
+        with _observe.publishing(app, row["id"], row["name"]):
+            publish_stage(app, row["id"], row["plan"], 0, created=row["created_at"],
+                          previous=tuple(row["plan"].get("input") or ()))  # fmt: skip
     except Exception:  # stored: the recovery sweep sends its first stage
-        logger.warning("saga %s: could not send child saga %s", d.saga_id, child_id,
+        logger.warning("saga %s: could not send child saga %s", d.saga_id, row["id"],
                        exc_info=True)  # fmt: skip
     signals.saga_started.send(sender=row["name"], event=event)
     signals.child_started.send(sender=row["name"], event=event)

@@ -746,15 +746,42 @@ class SagaScenarios:
         child = env.saga(env.sig("act", tag="c"), env.sig("act", tag="d"))
         result = env.saga(
             group(env.sig("act", tag="a1"), env.sig("act", tag="a2")),
+            env.sig("act", tag="b", immutable=True),
             child,
             env.sig("act", tag="e", fail=True),
         ).apply_async(saga_id=new_id())
         with pytest.raises(SagaCompensated, match="e failed"):
             result.get(timeout=TIMEOUT)
-        child_id = f"{result.id}.2"
+        child_id = f"{result.id}.3"
         undone = self._undo_order(env, result.id, child_id)
-        assert undone[:2] == ["d", "c"]
-        assert sorted(undone[2:]) == ["a1", "a2"]
-        assert env.ledger.entries(child_id, "do")[0].payload == {
-            "args": [[{"tag": "a1", "args": []}, {"tag": "a2", "args": []}]]
-        }
+        assert undone[:3] == ["d", "c", "b"]
+        assert sorted(undone[3:]) == ["a1", "a2"]
+        assert env.ledger.entries(child_id, "do")[0].payload == {"args": [{"tag": "b", "args": []}]}
+
+    def test_child_of_a_parent_with_a_deadline_runs(self, env: SagaEnv) -> None:
+        """A parent's deadline= does not keep its child from starting (its wake-up is due
+        at the deadline, but the child's first stage goes out first)."""
+        child = env.saga(env.sig("act", tag="b"), name="stay")
+        result = env.saga(
+            env.sig("act", tag="a"), child, env.sig("act", tag="c"), deadline=20
+        ).apply_async(saga_id=new_id())
+        assert result.get(timeout=TIMEOUT)["tag"] == "c"
+        assert env.ledger.count("do", "b", f"{result.id}.1") == 1
+
+    def test_child_whose_id_is_taken_fails_its_parent(self, env: SagaEnv) -> None:
+        """A child saga whose id another saga has already is never started: its parent is
+        compensated with a SagaConflictError, and the other saga is left alone."""
+        parent_id = new_id()
+        other = env.saga(env.sig("act", tag="x")).apply_async(saga_id=f"{parent_id}.1")
+        other.get(timeout=TIMEOUT)
+        result = env.saga(env.sig("act", tag="a"), env.saga(env.sig("act", tag="b"))).apply_async(
+            saga_id=parent_id
+        )
+        with pytest.raises(SagaCompensated, match="is another saga's") as raised:
+            result.get(timeout=TIMEOUT)
+        assert raised.value.error["type"] == "celery_saga.SagaConflictError"
+        assert self._undone(env, result.id) == ["a"]
+        assert [e.tag for e in env.ledger.entries(other.id, "do")] == ["x"]  # b never ran
+        record = other.record
+        assert record is not None
+        assert (record.status, record.parent_id) == (SagaStatus.COMPLETED, None)

@@ -34,8 +34,8 @@ def _error(child: Child) -> dict[str, Any]:
     }
 
 
-def _ended_status(child: Child) -> StepStatus:
-    """The parent's step after its child undid itself (or gave up doing so)."""
+def _undone(child: Child) -> StepStatus:
+    """The parent's step once its child undid itself (or gave up doing so)."""
     if child.status is SagaStatus.FAILED:
         return StepStatus.COMPENSATION_FAILED  # the parent ends FAILED: a person decides
     return StepStatus.COMPENSATED
@@ -55,9 +55,7 @@ def child_ended(s: SagaState, step: StepRecord, child: Child) -> Move | None:
     if not child.status.is_terminal:
         return None
     error = _error(child)
-    status = StepStatus.FAILED
-    if child.status is SagaStatus.FAILED:
-        status = StepStatus.COMPENSATION_FAILED  # not undone: the parent ends FAILED
+    status = StepStatus.FAILED if child.status is SagaStatus.COMPENSATED else _undone(child)
     return Move(
         ResolveWait(index, status, SagaStatus.COMPENSATING, error=error),
         (Reconcile(),),
@@ -81,7 +79,23 @@ def stopped_parent(s: SagaState) -> Move | None:
     for index, _plan in s.shape.children:
         child = s.children.get(index)
         step = steps.get(index)
-        if child is None or step is None:
+        if step is None:
+            continue
+        if child is None:
+            if step.status is StepStatus.COMPENSATING:  # to undo, and not in the store
+                message = "its child saga is not in the store (purged?): not undone"
+                missing: dict[str, Any] = {
+                    "type": CHILD_FAILED,
+                    "message": message,
+                    "traceback": "",
+                }
+                return Move(
+                    RecordChild(index, StepStatus.COMPENSATION_FAILED, error=missing),
+                    (Reconcile(),),
+                    action="compensate",
+                    reason=message,
+                    steps=(index,),
+                )
             continue
         if step.status in (StepStatus.WAITING, StepStatus.PENDING):  # stopped while it ran
             if child.status in (SagaStatus.RUNNING, SagaStatus.WAITING):
@@ -105,7 +119,7 @@ def stopped_parent(s: SagaState) -> Move | None:
             continue
         error = None if child.status is SagaStatus.COMPENSATED else _error(child)
         return Move(
-            RecordChild(index, _ended_status(child), error=error),
+            RecordChild(index, _undone(child), error=error),
             (Reconcile(),),
             action="compensate",
             reason=f"its child saga {child.saga_id!r} ended {child.status}",

@@ -194,15 +194,19 @@ class WaitEntered:
     ``outcome``: ``WAITING`` (it waits, or already did; ``due`` is when its timeout or
     sleep ends, epoch seconds, None: never), ``RECORDED`` (a signal kept for it resolved
     it at once), ``COMPLETED`` (that, and it was the last stage), ``STOPPED`` (the saga
-    is not running), ``DONE`` (resolved before) or ``MISSING``. ``soon``: a due time
-    within that many seconds is woken by a countdown, a later one by the sweep (None:
-    no sweep runs; countdowns of at most a minute, again and again).
+    is not running), ``DONE`` (resolved before), ``MISSING``, or for a child saga stage
+    ``CONFLICT`` (the child's id is another saga's). ``soon``: a due time within that
+    many seconds is woken by a countdown, a later one by the sweep (None: no sweep
+    runs; countdowns of at most a minute, again and again). ``started``: this message
+    put the saga to wait, and ``child``: stored the child saga the stage runs.
     """
 
     outcome: Outcome
     now: float
     due: float | None = None
     soon: float | None = 60.0
+    started: bool = False
+    child: bool = False
 
 
 @dataclass(frozen=True)
@@ -211,6 +215,13 @@ class Signal:
 
     name: str
     payload: Any = None
+
+
+@dataclass(frozen=True)
+class UndoAsUnit:
+    """The parent of this child saga compensates: undo the child as a whole."""
+
+    error: Mapping[str, Any]
 
 
 @dataclass(frozen=True)
@@ -236,6 +247,7 @@ Event: TypeAlias = (
     | Resume
     | Cancel
     | RetryCompensation
+    | UndoAsUnit
     | WaitEntered
     | Signal
 )

@@ -30,6 +30,7 @@ __all__ = [
     "RecordCompensation",
     "Release",
     "Reopen",
+    "ReopenChild",
     "ResolveWait",
     "RetryLater",
     "Revoke",
@@ -38,6 +39,7 @@ __all__ = [
     "SendNext",
     "SendStage",
     "SendSteps",
+    "StartChild",
     "Stop",
     "TakeOver",
     "Transition",
@@ -186,6 +188,16 @@ class Reopen:
     """Make a ``FAILED`` saga's given-up compensations claimable again."""
 
 
+@dataclass(frozen=True)
+class ReopenChild:
+    """Move a ``COMPLETED`` child saga back to ``COMPENSATING``, with ``error``.
+
+    Its parent compensates, so it is undone as a unit.
+    """
+
+    error: Mapping[str, Any]
+
+
 Transition: TypeAlias = (
     Claim
     | Complete
@@ -204,6 +216,7 @@ Transition: TypeAlias = (
     | GiveBackCompensation
     | EndCompensation
     | Reopen
+    | ReopenChild
 )
 
 
@@ -275,6 +288,11 @@ class Revoke:
 
 
 @dataclass(frozen=True)
+class StartChild:
+    """Send the first stage of the child saga this stage stored."""
+
+
+@dataclass(frozen=True)
 class CancelChild:
     """Cancel the running child saga of step ``index``: its parent stopped."""
 
@@ -316,6 +334,7 @@ Message: TypeAlias = (
     | SendStage
     | SendCompensations
     | Revoke
+    | StartChild
     | CancelChild
     | Wake
     | RetryLater

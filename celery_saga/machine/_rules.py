@@ -31,6 +31,7 @@ from ._events import (
     Stopped,
     SuccessRecorded,
     Sweep,
+    UndoAsUnit,
     WaitEntered,
 )
 from ._moves import (
@@ -51,6 +52,7 @@ from ._moves import (
     RecordCompensation,
     Release,
     Reopen,
+    ReopenChild,
     RetryLater,
     Revoke,
     Run,
@@ -359,7 +361,7 @@ def _what_next(s: SagaState, now: datetime, stall: float | None, force: bool = F
                 return wake(s, st)
         return _nothing("waiting")
     if s.status is SagaStatus.COMPENSATING:
-        first = stopped_parent(s) if s.children else None
+        first = stopped_parent(s) if s.shape.children else None
         if first is not None:
             return first
         if any(
@@ -442,6 +444,14 @@ def _retry_compensation(s: SagaState, e: RetryCompensation) -> Move:
     return Move(Reopen(), messages, "compensate", "retried", steps=_sent(messages))
 
 
+def _undo_as_unit(s: SagaState, e: UndoAsUnit) -> Move:
+    if s.status is SagaStatus.COMPLETED:
+        return Move(ReopenChild(e.error), (Reconcile(),), "compensate", "its parent compensates")
+    if s.status is SagaStatus.FAILED:  # its undo gave up before: try it again
+        return _retry_compensation(s, RetryCompensation())
+    return _nothing(f"the saga is {s.status}")
+
+
 # -- the table -------------------------------------------------------------------------
 
 Rule: TypeAlias = Callable[[Any, Any], Move]
@@ -473,6 +483,7 @@ SAGA_RULES: Mapping[type, tuple[Rule, tuple[SagaStatus, ...]]] = {
     Resume: (_resume, _ANY),
     Cancel: (_cancel, _ANY),
     RetryCompensation: (_retry_compensation, _ANY),
+    UndoAsUnit: (_undo_as_unit, _ANY),
     Signal: (signal_rule, _ANY),
 }
 

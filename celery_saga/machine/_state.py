@@ -15,6 +15,7 @@ from ._topology import Topology
 
 __all__ = [
     "CANCELLED",
+    "CHILD_CONFLICT",
     "DEADLINE_EXCEEDED",
     "IN_DOUBT",
     "WAIT_TIMED_OUT",
@@ -27,6 +28,8 @@ __all__ = [
 
 #: The ``type`` of the error a cancelled saga records.
 CANCELLED = "celery_saga.Cancelled"
+#: The ``type`` of the error a saga records when its child saga's id is another saga's.
+CHILD_CONFLICT = "celery_saga.SagaConflictError"
 #: The ``type`` of the error a saga stopped by its ``deadline=`` records.
 DEADLINE_EXCEEDED = "celery_saga.DeadlineExceeded"
 #: The ``type`` of the error of a step whose worker was lost while the saga compensated.
@@ -57,6 +60,7 @@ class Outcome(enum.Enum):
     COMPLETED = "completed"  #: written, and the saga completed with it
     JOINED = "joined"  #: written, and with it every member of its stage has succeeded
     WAITING = "waiting"  #: the saga waits at this stage now (no worker is held)
+    CONFLICT = "conflict"  #: the id of the child saga it would start is another saga's
 
 
 # -- state ---------------------------------------------------------------------------

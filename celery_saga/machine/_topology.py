@@ -192,11 +192,11 @@ class Topology:
         Stages are undone in reverse order, one group at a time: the branches of the
         newest group with something to undo, each a chain of its own (its steps in
         reverse), sent together; or the straight run of single steps down to the next
-        group, as one chain. The last compensation of each chain settles the saga,
-        which then sends the next batch.
+        group (or to and with the next child saga), as one chain. The last compensation
+        of each chain settles the saga, which then sends the next batch.
         """
         if not self.grouped:
-            return (tuple(undo),) if undo else ()
+            return (self._to_child(undo),) if undo else ()
         todo = set(undo)
         run: list[int] = []
         for stage in reversed(self.stages):
@@ -213,4 +213,14 @@ class Topology:
                 for branch in stage.branches
                 if todo.intersection(branch)
             )
-        return (tuple(run),) if run else ()
+        return (self._to_child(run),) if run else ()
+
+    def _to_child(self, chain: Sequence[int]) -> tuple[int, ...]:
+        """The chain up to and with its first child saga.
+
+        A child's undo ends its chain: the child undoes itself, then settles its parent.
+        """
+        for position, index in enumerate(chain):
+            if self.stage_of(index).child is not None:
+                return tuple(chain[: position + 1])
+        return tuple(chain)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from ..errors import SagaStateError
@@ -17,9 +18,11 @@ from ._moves import (
     Reconcile,
     ResolveWait,
     SendSteps,
+    StartChild,
+    Stop,
     Wake,
 )
-from ._state import WAIT_TIMED_OUT, Delivery, IllegalEvent, Outcome, SagaState
+from ._state import CHILD_CONFLICT, WAIT_TIMED_OUT, Delivery, IllegalEvent, Outcome, SagaState
 
 __all__ = ["go_on", "resolved", "signal_rule", "wait_entered", "wake"]
 
@@ -28,7 +31,18 @@ _NO_SWEEP_WAKE = 60.0
 
 
 def wait_entered(d: Delivery, e: WaitEntered) -> Move:
+    move = _wait_entered(d, e)
+    if e.outcome is Outcome.WAITING and e.started and e.child:  # the child, before any wake
+        return replace(move, messages=(StartChild(), *move.messages), action="child")
+    return move
+
+
+def _wait_entered(d: Delivery, e: WaitEntered) -> Move:
     outcome = e.outcome
+    if outcome is Outcome.CONFLICT:
+        message = f"the id of its child saga at step {d.index} is another saga's"
+        error = {"type": CHILD_CONFLICT, "message": message, "traceback": ""}
+        return Move(Stop(error), (Reconcile(),), action="conflict", reason=message)
     if outcome is Outcome.WAITING:
         if e.due is None:
             return Move(reason="waiting for its signal")

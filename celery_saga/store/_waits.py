@@ -56,7 +56,8 @@ class WaitStore(StoreBase):
         One transaction, the saga's row locked first (as :meth:`deliver_signal` does):
         ``waiting`` (now, or already: ``due`` is the stored one), ``recorded`` (a signal
         kept for it resolves it at once; with ``final``, ``completed``), ``stopped``
-        (the saga is not running), ``done`` (resolved before) or ``missing``.
+        (the saga is not running), ``done`` (resolved before), ``missing``, or
+        ``conflict`` (the child's id is taken: nothing is written).
 
         ``child``: the row of the child saga the stage runs, stored in the same
         transaction as the wait, so that a parent stopped meanwhile always sees it;
@@ -81,6 +82,13 @@ class WaitStore(StoreBase):
             if row is not None and (row.status != StepStatus.PENDING or row.finished_at is None):
                 return Waiting("done")
             if row is None:
+                if (
+                    child is not None
+                    and connection.execute(
+                        select(sagas.c.id).where(sagas.c.id == child["id"])
+                    ).first()
+                ):
+                    return Waiting("conflict")  # a saga of that id exists: not this child
                 connection.execute(
                     saga_steps.insert().values(
                         saga_id=saga_id, idx=index, stage=stage, task=task,
@@ -221,17 +229,18 @@ class WaitStore(StoreBase):
         now = utcnow()
         c = saga_steps.c
         values: dict[str, Any] = {"status": step_status, "claim": None, "lease_expires_at": None}
-        if step_status is StepStatus.SUCCEEDED:
+        if step_status is StepStatus.SUCCEEDED:  # it completed as its parent stopped
             values.update(result=result, finished_at=now)
-        else:
+            before = [StepStatus.WAITING, StepStatus.PENDING]
+        else:  # it undid itself (its parent stopped), or was undone as a unit
             values.update(compensation_finished_at=now)
             if error is not None:
                 values["compensation_error"] = dict(error)
-        open_ = [StepStatus.WAITING, StepStatus.PENDING, StepStatus.COMPENSATING]
+            before = [StepStatus.PENDING, StepStatus.COMPENSATING]
         with self._write_one("record the child saga's end") as connection:
             recorded = connection.execute(
                 update(saga_steps)
-                .where(c.saga_id == saga_id, c.idx == index, c.status.in_(open_))
+                .where(c.saga_id == saga_id, c.idx == index, c.status.in_(before))
                 .values(**values)
             )
         return recorded.rowcount == 1

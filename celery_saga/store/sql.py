@@ -798,14 +798,16 @@ class SagaStore(WaitStore):
             c.lease_expires_at < utcnow(),
         )
         child = sagas.alias("child")
-        ended_child = exists().where(  # a parent waiting at a child saga that has ended
-            child.c.parent_id == sagas.c.id,
-            child.c.status.in_(_TERMINAL),
-            exists().where(
+        ended_child = (  # a parent waiting at a child saga that has ended
+            exists()
+            .where(
+                child.c.parent_id == sagas.c.id,
+                child.c.status.in_(_TERMINAL),
                 c.saga_id == sagas.c.id,
                 c.idx == child.c.parent_step,
                 c.status == StepStatus.WAITING,
-            ),
+            )
+            .correlate(sagas)
         )
         moving = [SagaStatus.RUNNING, SagaStatus.COMPENSATING]
         old = and_(
@@ -875,9 +877,11 @@ class SagaStore(WaitStore):
         """Delete finished sagas (and their steps) that ended before ``finished_before``.
 
         Only terminal ``statuses`` may be given: a running or compensating saga is never
-        touched. Deletes in batches of ``batch`` sagas, each its own transaction, so a
-        large purge neither holds long locks nor is lost as a whole on an error.
-        ``dry_run`` only counts. Returns how many sagas were (or would be) deleted.
+        touched. A child saga goes with its parent (whatever its own status), never alone:
+        its parent may still undo it. Deletes in batches of ``batch`` sagas, each its own
+        transaction, so a large purge neither holds long locks nor is lost as a whole on
+        an error. ``dry_run`` only counts. Returns how many sagas were (or would be)
+        deleted, not counting their child sagas.
         """
         wanted = [SagaStatus(status) for status in statuses]
         for status in wanted:
@@ -887,12 +891,10 @@ class SagaStore(WaitStore):
                 )
         if not wanted:
             return 0
-        parent = sagas.alias("parent")
         due = and_(
             sagas.c.status.in_([status.value for status in wanted]),
             sagas.c.finished_at < finished_before.replace(tzinfo=None),
-            # a child saga goes with its parent: a running parent may still undo it
-            ~exists().where(parent.c.id == sagas.c.parent_id, parent.c.status.not_in(_TERMINAL)),
+            sagas.c.parent_id.is_(None),  # a child saga goes with its parent, never alone
         )
         if dry_run:
             count = select(func.count()).select_from(sagas).where(due)
@@ -904,7 +906,16 @@ class SagaStore(WaitStore):
                 chosen = list(ids)
                 if not chosen:
                     return deleted
-                connection.execute(delete(saga_steps).where(saga_steps.c.saga_id.in_(chosen)))
+                family, generation = list(chosen), chosen
+                while generation:  # their child sagas, and theirs
+                    generation = list(
+                        connection.execute(
+                            select(sagas.c.id).where(sagas.c.parent_id.in_(generation))
+                        ).scalars()
+                    )
+                    family += generation
+                connection.execute(delete(saga_steps).where(saga_steps.c.saga_id.in_(family)))
+                connection.execute(delete(sagas).where(sagas.c.id.in_(family[len(chosen) :])))
                 deleted += connection.execute(
                     delete(sagas).where(sagas.c.id.in_(chosen), due)
                 ).rowcount

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,7 +13,9 @@ import celery_saga
 from celery_saga import SagaStatus, SagaValidationError, StepRecord, StepStatus, saga, saga_step
 from celery_saga import machine as m
 from celery_saga.dispatch import child_saga_id
-from celery_saga.plan import CHILD_TASK, build_plan
+from celery_saga.plan import CHILD_TASK, build_plan, saga_row
+from celery_saga.store import SagaStore
+from celery_saga.store.schema import sagas
 from tests.unit.test_machine import NOW, SETTLE, SWEEP
 
 CHILD_PLAN = {"version": 1, "name": "stay", "steps": [{"index": 0, "stage": 0}]}
@@ -93,7 +96,7 @@ ROWS: list[tuple[str, m.SagaState, m.Event, Any, tuple[Any, ...], str]] = [
      m.RecordChild(1, S, result=5), (m.Reconcile(),), "compensate"),
     ("a completed child is the newest to undo: its compensation undoes it as a unit",
      parent(W.COMPENSATING, S, child(W.COMPLETED), last=ST.FAILED), SETTLE,
-     None, (m.SendCompensations((1, 0)),), "compensate"),
+     None, (m.SendCompensations((1,)),), "compensate"),
     ("the child undone as a unit is still compensating: the parent waits",
      parent(W.COMPENSATING, ST.COMPENSATING, child(W.COMPENSATING), last=ST.FAILED), SWEEP,
      None, (), "none"),
@@ -203,3 +206,123 @@ def test_a_child_saga_in_a_group_is_refused(app: Celery) -> None:
     do_it = app.tasks["do_it"]
     with pytest.raises(SagaValidationError, match="stages of their own"):
         build_plan(app, [group(do_it.s(), saga(do_it.s()))], "bad")
+
+
+D = m.Delivery(saga_id="p", name="trip", index=1, count=3, stage=1)
+TAKEN = {
+    "type": "celery_saga.SagaConflictError",
+    "message": "the id of its child saga at step 1 is another saga's",
+    "traceback": "",
+}
+UNDO = {"type": m.CANCELLED, "message": "its parent saga 'p' compensates", "traceback": ""}
+
+
+def lone(status: SagaStatus, *steps: StepRecord) -> m.SagaState:
+    """The child saga itself, as its own state."""
+    return m.SagaState(saga_id="p.1", name="stay", status=status, steps=steps,
+                       created_at=NOW, updated_at=NOW)  # fmt: skip
+
+
+DELIVERY_ROWS: list[tuple[str, Any, m.Event, Any, tuple[Any, ...], str]] = [
+    ("the stage stored its child: send the child's first stage",
+     D, m.WaitEntered(m.Outcome.WAITING, 0.0, started=True, child=True), None,
+     (m.StartChild(),), "child"),
+    ("the parent's deadline is near: the child goes out before the wake-up",
+     D, m.WaitEntered(m.Outcome.WAITING, 0.0, 10.0, 60.0, started=True, child=True), None,
+     (m.StartChild(), m.Wake(10.0)), "child"),
+    ("a redelivery of the stage: the child was sent before",
+     D, m.WaitEntered(m.Outcome.WAITING, 0.0, child=True), None, (), "none"),
+    ("the child's id is another saga's: the parent stops and compensates",
+     D, m.WaitEntered(m.Outcome.CONFLICT, 0.0, child=True), m.Stop(TAKEN), (m.Reconcile(),),
+     "conflict"),
+    ("its parent compensates a completed child: reopen it, it undoes itself",
+     lone(W.COMPLETED, step(0, S)), m.UndoAsUnit(UNDO), m.ReopenChild(UNDO),
+     (m.Reconcile(),), "compensate"),
+    ("its parent compensates a child whose undo gave up: retry its compensations",
+     lone(W.FAILED, step(0, ST.COMPENSATION_FAILED)), m.UndoAsUnit(UNDO), m.Reopen(),
+     (m.SendCompensations((0,)),), "compensate"),
+    ("a child that is compensating already: nothing more",
+     lone(W.COMPENSATING, step(0, S)), m.UndoAsUnit(UNDO), None, (), "none"),
+    ("the child to undo is not in the store: its undo is recorded as given up",
+     parent(W.COMPENSATING, ST.COMPENSATING, None, last=ST.FAILED), SETTLE,
+     m.RecordChild(1, ST.COMPENSATION_FAILED, error={
+         "type": "celery_saga.ChildSagaFailed",
+         "message": "its child saga is not in the store (purged?): not undone",
+         "traceback": ""}), (m.Reconcile(),), "compensate"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("state", "event", "transition", "messages", "action"),
+    [row[1:] for row in DELIVERY_ROWS],
+    ids=[row[0] for row in DELIVERY_ROWS],
+)
+def test_child_stage_and_unit_undo_moves(
+    state: Any, event: m.Event, transition: Any, messages: tuple[Any, ...], action: str
+) -> None:
+    """The child stage's message, and a child undone as a unit, give the moves in the table."""
+    move = m.decide(state, event)
+    assert (move.transition, move.messages, move.action) == (transition, messages, action)
+
+
+def test_the_unit_undo_rule_is_in_the_table() -> None:
+    """The machine's rule for undoing a child as a unit appears in this table."""
+    assert m.UndoAsUnit in {type(row[2]) for row in DELIVERY_ROWS}
+    assert m.UndoAsUnit in m.SAGA_RULES
+
+
+def test_an_undo_chain_ends_at_a_child_saga() -> None:
+    """A child's undo is the last of its chain (it settles its parent when it has ended);
+    the steps before it go in the next batch."""
+    assert SHAPE.undo_batch((2, 1, 0)) == ((2, 1),)
+    assert SHAPE.undo_batch((1, 0)) == ((1,),)
+    assert SHAPE.undo_batch((0,)) == ((0,),)
+    grouped = m.Topology.of_steps(
+        [{"index": 0, "stage": 0, "branch": 0}, {"index": 1, "stage": 0, "branch": 1},
+         {"index": 2, "stage": 1}, {"index": 3, "stage": 2, "child": CHILD_PLAN},
+         {"index": 4, "stage": 3}]
+    )  # fmt: skip
+    assert grouped.undo_batch((4, 3, 2, 1, 0)) == ((4, 3),)
+    assert grouped.undo_batch((2, 1, 0)) == ((2,),)
+
+
+def _rows(store: Any, parent_id: str, status: SagaStatus, waits_at: int, child: SagaStatus) -> None:
+    """A parent waiting at step ``waits_at`` whose child (at step 1) is ``child``."""
+    now = datetime.now(UTC).replace(tzinfo=None)
+    plan = {"version": 2, "name": "p", "steps": []}
+    store.create_saga(saga_row(parent_id, plan, now))
+    store.enter_wait(parent_id, waits_at, due=None, args=[], stage=waits_at, task="t",
+                     final=False)  # fmt: skip
+    store.create_saga(saga_row(f"{parent_id}.1", plan, now, parent_id=parent_id, parent_step=1))
+    with store.engine.begin() as connection:
+        connection.execute(
+            sagas.update().where(sagas.c.id == f"{parent_id}.1").values(status=child)
+        )
+        connection.execute(sagas.update().where(sagas.c.id == parent_id).values(status=status))
+
+
+def test_the_sweep_finds_only_parents_waiting_at_an_ended_child(tmp_path: Path) -> None:
+    """A parent waiting at a child that ended is due; one waiting elsewhere (at a signal,
+    its child long done) or at a running child is not, whatever other sagas wait at."""
+    store = SagaStore(f"sqlite:///{tmp_path / 'store.db'}")
+    _rows(store, "ended", W.WAITING, 1, W.COMPENSATED)
+    _rows(store, "elsewhere", W.WAITING, 3, W.COMPLETED)
+    _rows(store, "running", W.WAITING, 1, W.RUNNING)
+    young = datetime.now(UTC) - timedelta(hours=1)
+    assert [s.id for s in store.unfinished_sagas(young, 10)] == ["ended"]
+
+
+def test_purge_deletes_a_child_with_its_parent_never_alone(tmp_path: Path) -> None:
+    """purge leaves a finished child of an unfinished (or retriable) parent, and deletes
+    a finished parent with its children and theirs."""
+    store = SagaStore(f"sqlite:///{tmp_path / 'store.db'}")
+    _rows(store, "kept", W.FAILED, 1, W.COMPLETED)
+    _rows(store, "gone", W.COMPENSATED, 1, W.COMPENSATED)
+    now = datetime.now(UTC).replace(tzinfo=None)
+    plan = {"version": 2, "name": "p", "steps": []}
+    store.create_saga(saga_row("gone.1.0", plan, now, parent_id="gone.1", parent_step=0))
+    with store.engine.begin() as connection:
+        connection.execute(sagas.update().values(finished_at=now - timedelta(days=9)))
+    later = datetime.now(UTC) - timedelta(days=1)
+    assert store.purge_sagas(later, [W.COMPLETED, W.COMPENSATED]) == 1
+    assert {s.id for s in store.list_sagas(limit=10)} == {"kept", "kept.1"}
