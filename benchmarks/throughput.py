@@ -13,6 +13,12 @@ PostgreSQL. ``--broker rabbitmq``: both kinds go through RabbitMQ on 127.0.0.1:5
 (the plain chains still keep their results in Redis). The bytes of the first message
 of each kind (its body and headers as JSON: what the broker carries) are printed too.
 
+``--peers`` runs two other libraries in the same rounds, each from a virtual environment
+of its own under /tmp (made on first use with pip): ``celery-saga`` 0.1.1 (it imports
+as ``celery_saga`` too, so never in this project's venv; its own worker, the same
+broker, its state in Redis) and DBOS (a workflow of the same no-op steps on the same
+PostgreSQL, called directly: no broker, no worker); see ``peers/``. Line shape only.
+
 ``--shape group`` compares the saga ``a -> group(b, c, d) -> e`` with the same shape in
 plain Celery, ``chain(a, chord(group(b, c, d), e))`` (the chord joined in the Redis
 result backend); with ``--failure`` member c fails for good: the saga compensates b, d
@@ -68,6 +74,97 @@ BROKERS = {
 }
 
 
+PEERS = Path("/tmp/celery_saga_bench_peers")
+PEER_APPS = HERE / "peers"
+
+
+class Peer:
+    """Another library, driven from its own venv: ``run N`` and ``lat N`` on its stdin."""
+
+    def __init__(self, name: str, packages: list[str], script: str, worker: bool) -> None:
+        self.name = name
+        self.packages = packages
+        self.script = script
+        self.worker = worker
+        self.venv = PEERS / name.replace(" ", "-")
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self.driver: subprocess.Popen[str] | None = None
+
+    @property
+    def python(self) -> str:
+        return str(self.venv / "bin" / "python")
+
+    def install(self) -> None:
+        if not (self.venv / "installed").exists():
+            subprocess.run([sys.executable, "-m", "venv", str(self.venv)], check=True)
+            subprocess.run([self.python, "-m", "pip", "install", "-q", *self.packages], check=True)
+            (self.venv / "installed").write_text("\n".join(self.packages))
+
+    def env(self, options: argparse.Namespace) -> dict[str, str]:
+        # never this project on its path: the peer may import as celery_saga too
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        return {**env, "BENCH_STEPS": str(options.steps),
+                "BENCH_FAILURE": "1" if options.failure else "0"}  # fmt: skip
+
+    def start(self, options: argparse.Namespace) -> None:
+        env = self.env(options)
+        if self.worker:
+            command = [self.python, "-m", "celery", "-A", self.script, "worker", "-P",
+                       "prefork", "-c", str(options.concurrency), "-Q", "bench-peer",
+                       "-l", "WARNING", "--without-gossip", "--without-mingle",
+                       "--without-heartbeat"]  # fmt: skip
+            with Path(f"/tmp/celery_saga_bench_{self.script}.log").open("wb") as log:
+                self.processes.append(
+                    subprocess.Popen(command, env=env, cwd=PEER_APPS, stdout=log, stderr=log)
+                )
+        self.driver = subprocess.Popen(
+            [self.python, f"{self.script}.py"], env=env, cwd=PEER_APPS, text=True,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        )  # fmt: skip
+        self.processes.append(self.driver)  # type: ignore[arg-type]
+
+    def ask(self, command: str) -> Any:
+        import json
+
+        assert self.driver is not None
+        assert self.driver.stdin is not None
+        assert self.driver.stdout is not None
+        self.driver.stdin.write(command + "\n")
+        self.driver.stdin.flush()
+        while True:
+            line = self.driver.stdout.readline()
+            if not line:
+                raise SystemExit(f"peer {self.name} stopped (see /tmp/celery_saga_bench_*.log)")
+            answer = json.loads(line)
+            if "ready" not in answer:
+                return answer
+
+    def run(self, count: int) -> None:
+        self.ask(f"run {count}")
+
+    def latencies(self, count: int) -> list[float]:
+        return list(self.ask(f"lat {count}")["latencies"])
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            if process is self.driver and process.stdin:
+                process.stdin.close()
+            else:
+                process.send_signal(signal.SIGTERM)
+        for process in self.processes:
+            process.wait(timeout=60)
+
+
+def make_peers() -> list[Peer]:
+    import celery
+
+    return [
+        Peer("celery-saga 0.1.1", ["celery-saga==0.1.1", f"celery[redis]=={celery.__version__}"],
+             "peer_celery_saga", worker=True),
+        Peer("DBOS 3.4.0", ["dbos==3.4.0", "psycopg[binary]"], "peer_dbos", worker=False),
+    ]  # fmt: skip
+
+
 def fresh_database(store: str) -> str:
     """A new, empty saga store; its URL."""
     if store == "sqlite":
@@ -78,6 +175,8 @@ def fresh_database(store: str) -> str:
     with admin.connect() as connection:
         connection.execute(text("DROP DATABASE IF EXISTS celery_saga_bench WITH (FORCE)"))
         connection.execute(text("CREATE DATABASE celery_saga_bench"))
+        # the DBOS peer's (it creates it again)
+        connection.execute(text("DROP DATABASE IF EXISTS celery_saga_bench_dbos WITH (FORCE)"))
     admin.dispose()
     return STORE_URL
 
@@ -123,13 +222,17 @@ def cpu_seconds() -> dict[str, float]:
             # the same server; one that exits mid-round would make the sum negative).
             title = command.split(": ", 2)[-1].split()
             client = len(title) >= 3 and (title[2].endswith(")") or title[2] == "[local]")
-            if client and title[1] != DATABASE:
+            if client and title[1] not in (DATABASE, f"{DATABASE}_dbos"):
                 continue
             role = "postgres"
         elif "redis-server" in command:
             role = "redis"
         elif "beam.smp" in command and "rabbit" in command:
             role = "rabbitmq"
+        elif "peer_celery_saga" in command:  # a peer's worker, or its driver
+            role = "worker" if " worker " in command else "client"
+        elif "peer_dbos" in command:  # runs its workflows in its own threads
+            role = "worker"
         else:
             continue
         groups[role] = groups.get(role, 0.0) + (int(fields[11]) + int(fields[12])) / tick
@@ -198,12 +301,21 @@ def main() -> None:
     parser.add_argument(
         "--broker", choices=tuple(BROKERS), default="redis", help="the broker of both kinds"
     )
+    parser.add_argument(
+        "--peers",
+        action="store_true",
+        help="also run celery-saga 0.1.1 and DBOS in the same rounds, each from a venv of "
+        f"its own under {PEERS} (made with pip on first use)",
+    )
     options = parser.parse_args()
     grouped = options.shape == "group"
     if options.steps < 1 or (options.failure and options.steps < 2):
         parser.error("--steps takes 1 or more (2 or more with --failure)")
-    if grouped and options.steps != 3:
-        parser.error("--steps is for --shape line")
+    if grouped and (options.steps != 3 or options.peers):
+        parser.error("--steps and --peers are for --shape line")
+    peers = make_peers() if options.peers else []
+    for peer in peers:
+        peer.install()
 
     os.environ["BENCH_STORE"] = fresh_database(options.store)
     os.environ["BENCH_BROKER"] = BROKERS[options.broker]
@@ -295,8 +407,18 @@ def main() -> None:
 
         return done
 
+    if peers:  # the celery-saga peer's state, and queue
+        import redis as redis_module
+
+        redis_module.Redis.from_url("redis://127.0.0.1:6379/7").flushdb()
+        with app.connection_for_write() as connection, contextlib.suppress(Exception):
+            connection.default_channel.queue_purge("bench-peer")  # type: ignore[attr-defined]
     worker = start_worker(Path("/tmp/celery_saga_bench_worker.log"), options.concurrency)
+    for peer in peers:
+        peer.start(options)
     try:
+        for peer in peers:  # warm up, and wait for its worker
+            peer.run(1)
         measure = FirstMessage()
         first_id = ""
 
@@ -318,6 +440,10 @@ def main() -> None:
         plain_time = saga_time = 0.0
         ratios: list[float] = []
         cpu: dict[str, dict[str, float]] = {"plain": {}, "saga": {}}
+        cpu.update({peer.name: {} for peer in peers})
+        peer_time = {peer.name: 0.0 for peer in peers}
+        peer_ratios: dict[str, list[float]] = {peer.name: [] for peer in peers}
+        peer_lat: dict[str, list[float]] = {peer.name: [] for peer in peers}
 
         def timed(kind: str, run: Callable[[], None]) -> float:
             before = cpu_seconds()
@@ -336,8 +462,14 @@ def main() -> None:
             plain_time += plain
             saga_time += sagas_
             ratios.append(plain / sagas_)
+            said = ""
+            for peer in peers:
+                took = timed(peer.name, lambda peer=peer: peer.run(per_round))  # type: ignore[misc]
+                peer_time[peer.name] += took
+                peer_ratios[peer.name].append(plain / took)
+                said += f", {peer.name} {per_round / took:.1f}/s"
             print(f"round {number}: plain {per_round / plain:.1f}/s, "
-                  f"saga {per_round / sagas_:.1f}/s, ratio {plain / sagas_:.2f}",
+                  f"saga {per_round / sagas_:.1f}/s, ratio {plain / sagas_:.2f}{said}",
                   flush=True)  # fmt: skip
 
         plain_lat: list[float] = []
@@ -349,9 +481,13 @@ def main() -> None:
             started = time.perf_counter()
             wait_until(sagas_done([start_saga()]), 0.001, timeout=60)
             saga_lat.append(time.perf_counter() - started)
+        for peer in peers:
+            peer_lat[peer.name] = peer.latencies(options.latency)
     finally:
         worker.send_signal(signal.SIGTERM)
         worker.wait(timeout=60)
+        for peer in peers:
+            peer.stop()
 
     total = per_round * options.rounds
     plain_rate = total / plain_time
@@ -371,12 +507,18 @@ def main() -> None:
     print(f"{total} of each kind, {what} ({path}); one worker, prefork "
           f"x{options.concurrency}; {broker} broker; saga store {store_name}; "
           f"plain results in Redis")  # fmt: skip
-    print(f"{'':14}{'per s':>10}{'p50 ms':>10}{'p95 ms':>10}")
-    for label, rate, lat in ((plain_label, plain_rate, plain_lat), ("saga", saga_rate, saga_lat)):
-        print(f"{label:14}{rate:>10.1f}{statistics.median(lat) * 1000:>10.1f}"
+    print(f"{'':18}{'per s':>10}{'p50 ms':>10}{'p95 ms':>10}")
+    rows = [(plain_label, plain_rate, plain_lat), ("saga", saga_rate, saga_lat)]
+    rows += [(peer.name, total / peer_time[peer.name], peer_lat[peer.name]) for peer in peers]
+    for label, rate, lat in rows:
+        print(f"{label:18}{rate:>10.1f}{statistics.median(lat) * 1000:>10.1f}"
               f"{percentile(lat, 0.95) * 1000:>10.1f}")  # fmt: skip
     print(f"saga / plain throughput: {saga_rate / plain_rate:.2f}x overall, "
           f"{statistics.median(ratios):.2f}x median of {len(ratios)} rounds")  # fmt: skip
+    for peer in peers:
+        rate = total / peer_time[peer.name]
+        print(f"{peer.name} / plain throughput: {rate / plain_rate:.2f}x overall, "
+              f"{statistics.median(peer_ratios[peer.name]):.2f}x median")  # fmt: skip
     roles = ["client", "worker", "postgres", "redis"]
     if options.broker == "rabbitmq":
         roles.append("rabbitmq")
@@ -384,7 +526,7 @@ def main() -> None:
         f"{kind} " + " ".join(f"{role} {cpu[kind].get(role, 0.0) / total * 1000:.1f}"
                               for role in roles)
         + f" = {sum(cpu[kind].get(role, 0.0) for role in roles) / total * 1000:.1f}"
-        for kind in ("plain", "saga")))  # fmt: skip
+        for kind in ("plain", "saga", *(peer.name for peer in peers))))  # fmt: skip
     print(f"bytes of the first message: {plain_label} {chain_bytes}, saga {saga_bytes}")
     # What the sagas did, from the store: a step the saga refused to start (it was
     # compensating already) has no started_at, and so nothing to compensate.
