@@ -1,3 +1,5 @@
+# mypy: ignore-errors
+# (it runs in a venv of its own, against celery-saga 0.1.1: not this project's types)
 """The peer ``celery-saga`` 0.1.1 (PyPI), for ``throughput.py --peers``: its app and driver.
 
 Runs from a virtual environment of its own (it imports as ``celery_saga`` too), never

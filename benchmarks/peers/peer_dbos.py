@@ -1,3 +1,5 @@
+# mypy: ignore-errors
+# (it runs in a venv of its own, against DBOS: not this project's types)
 """The peer DBOS (PyPI ``dbos``), for ``throughput.py --peers``: a workflow, called directly.
 
 Runs from a virtual environment of its own. ``python peer_dbos.py`` launches DBOS on the
