@@ -2,6 +2,22 @@
 
     python benchmarks/throughput.py [--count 2000] [--rounds 10] [--latency 200]
     python benchmarks/throughput.py --shape group [--failure] [...]
+    python benchmarks/throughput.py --steps 10 [--concurrency 4] [--store sqlite]
+                                    [--broker rabbitmq] [--failure] [...]
+
+``--steps N``: a saga of N steps against an N-task chain (with ``--failure`` the last
+fails and the N - 1 before it are compensated; the plain chain's last task fails and a
+hand-written ``link_error`` chain of N - 1 tasks runs). ``--concurrency``: the worker's
+prefork processes. ``--store sqlite``: the saga store is a SQLite file (WAL) instead of
+PostgreSQL. ``--broker rabbitmq``: both kinds go through RabbitMQ on 127.0.0.1:5672
+(the plain chains still keep their results in Redis). The bytes of the first message
+of each kind (its body and headers as JSON: what the broker carries) are printed too.
+
+``--peers`` runs two other libraries in the same rounds, each from a virtual environment
+of its own under /tmp (made on first use with pip): ``celery-saga`` 0.1.1 (it imports
+as ``celery_saga`` too, so never in this project's venv; its own worker, the same
+broker, its state in Redis) and DBOS (a workflow of the same no-op steps on the same
+PostgreSQL, called directly: no broker, no worker); see ``peers/``. Line shape only.
 
 ``--shape group`` compares the saga ``a -> group(b, c, d) -> e`` with the same shape in
 plain Celery, ``chain(a, chord(group(b, c, d), e))`` (the chord joined in the Redis
@@ -11,13 +27,15 @@ result backend); with ``--failure`` member c fails for good: the saga compensate
 
 Needs Redis (broker, and result backend for the plain chains) and PostgreSQL (the saga
 store): it creates the database ``celery_saga_bench``. It starts one worker (prefork,
-2 processes) serving both kinds, then alternates rounds of plain chains and sagas
-(``count / rounds`` of each per round); each round is submitted at once and waited for.
+2 processes unless ``--concurrency``) serving both kinds, then alternates rounds of plain
+chains and sagas (``count / rounds`` of each per round); each round is submitted at once
+and waited for.
 
 Throughput: items finished per second of wall time, first submit to last finish, over
 all rounds; the median of the per-round ratios is printed too (this box is a VM whose
 speed drifts, which alternating rounds cancel out). CPU: seconds of CPU per item, by
-process (this script, the worker and its children, PostgreSQL, Redis), from /proc.
+process (this script, the worker and its children, PostgreSQL, Redis, RabbitMQ), from
+/proc.
 Latency: one item at a time, from ``apply_async`` until its outcome is visible where
 each kind keeps it (the chain's last result in the Redis result backend, the saga's
 status in the saga table), both polled every millisecond.
@@ -31,6 +49,7 @@ items not seen finished yet, so that waiting costs little and alike for both.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import statistics
@@ -47,23 +66,130 @@ HERE = Path(__file__).resolve().parent
 ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 DATABASE = "celery_saga_bench"
 STORE_URL = f"postgresql+psycopg://postgres@127.0.0.1:5432/{DATABASE}"
+SQLITE_FILE = Path("/tmp/celery_saga_bench.sqlite3")
+SQLITE_URL = f"sqlite:///{SQLITE_FILE}"
+BROKERS = {
+    "redis": "redis://127.0.0.1:6379/5",
+    "rabbitmq": "amqp://guest:guest@127.0.0.1:5672//",
+}
 
 
-def fresh_database() -> None:
+PEERS = Path("/tmp/celery_saga_bench_peers")
+PEER_APPS = HERE / "peers"
+
+
+class Peer:
+    """Another library, driven from its own venv: ``run N`` and ``lat N`` on its stdin."""
+
+    def __init__(self, name: str, packages: list[str], script: str, worker: bool) -> None:
+        self.name = name
+        self.packages = packages
+        self.script = script
+        self.worker = worker
+        self.venv = PEERS / name.replace(" ", "-")
+        self.processes: list[subprocess.Popen[Any]] = []
+        self.driver: subprocess.Popen[str] | None = None
+
+    @property
+    def python(self) -> str:
+        return str(self.venv / "bin" / "python")
+
+    def install(self) -> None:
+        if not (self.venv / "installed").exists():
+            subprocess.run([sys.executable, "-m", "venv", str(self.venv)], check=True)
+            subprocess.run([self.python, "-m", "pip", "install", "-q", *self.packages], check=True)
+            (self.venv / "installed").write_text("\n".join(self.packages))
+
+    def env(self, options: argparse.Namespace) -> dict[str, str]:
+        # never this project on its path: the peer may import as celery_saga too
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        return {**env, "BENCH_STEPS": str(options.steps),
+                "BENCH_FAILURE": "1" if options.failure else "0"}  # fmt: skip
+
+    def start(self, options: argparse.Namespace) -> None:
+        env = self.env(options)
+        if self.worker:
+            command = [self.python, "-m", "celery", "-A", self.script, "worker", "-P",
+                       "prefork", "-c", str(options.concurrency), "-Q", "bench-peer",
+                       "-l", "WARNING", "--without-gossip", "--without-mingle",
+                       "--without-heartbeat"]  # fmt: skip
+            with Path(f"/tmp/celery_saga_bench_{self.script}.log").open("wb") as log:
+                self.processes.append(
+                    subprocess.Popen(command, env=env, cwd=PEER_APPS, stdout=log, stderr=log)
+                )
+        self.driver = subprocess.Popen(
+            [self.python, f"{self.script}.py"], env=env, cwd=PEER_APPS, text=True,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        )  # fmt: skip
+        self.processes.append(self.driver)
+
+    def ask(self, command: str) -> Any:
+        import json
+
+        assert self.driver is not None
+        assert self.driver.stdin is not None
+        assert self.driver.stdout is not None
+        self.driver.stdin.write(command + "\n")
+        self.driver.stdin.flush()
+        while True:
+            line = self.driver.stdout.readline()
+            if not line:
+                raise SystemExit(f"peer {self.name} stopped (see /tmp/celery_saga_bench_*.log)")
+            answer = json.loads(line)
+            if "ready" not in answer:
+                return answer
+
+    def run(self, count: int) -> None:
+        self.ask(f"run {count}")
+
+    def latencies(self, count: int) -> list[float]:
+        return list(self.ask(f"lat {count}")["latencies"])
+
+    def stop(self) -> None:
+        driver = self.driver
+        for process in reversed(self.processes):
+            if driver is not None and process is driver and driver.stdin is not None:
+                driver.stdin.close()  # the driver's end: it stops DBOS, or just exits
+            else:
+                process.send_signal(signal.SIGTERM)
+        for process in self.processes:
+            process.wait(timeout=60)
+
+
+def make_peers() -> list[Peer]:
+    import celery
+
+    return [
+        Peer("celery-saga 0.1.1", ["celery-saga==0.1.1", f"celery[redis]=={celery.__version__}"],
+             "peer_celery_saga", worker=True),
+        Peer("DBOS 3.4.0", ["dbos==3.4.0", "psycopg[binary]"], "peer_dbos", worker=False),
+    ]  # fmt: skip
+
+
+def fresh_database(store: str) -> str:
+    """A new, empty saga store; its URL."""
+    if store == "sqlite":
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{SQLITE_FILE}{suffix}").unlink(missing_ok=True)
+        return SQLITE_URL
     admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
         connection.execute(text("DROP DATABASE IF EXISTS celery_saga_bench WITH (FORCE)"))
         connection.execute(text("CREATE DATABASE celery_saga_bench"))
+        # the DBOS peer's (it creates it again)
+        connection.execute(text("DROP DATABASE IF EXISTS celery_saga_bench_dbos WITH (FORCE)"))
     admin.dispose()
+    return STORE_URL
 
 
-def start_worker(log: Path) -> subprocess.Popen[bytes]:
+def start_worker(log: Path, concurrency: int) -> subprocess.Popen[bytes]:
     # The worker imports the library the client does: the same PYTHONPATH after this
     # directory, and a working directory (first on a `python -m`'s path) with no other.
+    # (BENCH_STORE and BENCH_BROKER are in the environment, set by main.)
     path = os.pathsep.join(filter(None, (str(HERE), os.environ.get("PYTHONPATH"))))
-    env = {**os.environ, "PYTHONPATH": path, "BENCH_STORE": STORE_URL}
+    env = {**os.environ, "PYTHONPATH": path}
     command = [sys.executable, "-m", "celery", "-A", "bench_app", "worker", "-P", "prefork",
-               "-c", "2", "-Q", "bench", "-l", "WARNING", "--without-gossip",
+               "-c", str(concurrency), "-Q", "bench", "-l", "WARNING", "--without-gossip",
                "--without-mingle", "--without-heartbeat"]  # fmt: skip
     with log.open("wb") as out:
         return subprocess.Popen(command, env=env, cwd=HERE, stdout=out, stderr=subprocess.STDOUT)
@@ -97,11 +223,17 @@ def cpu_seconds() -> dict[str, float]:
             # the same server; one that exits mid-round would make the sum negative).
             title = command.split(": ", 2)[-1].split()
             client = len(title) >= 3 and (title[2].endswith(")") or title[2] == "[local]")
-            if client and title[1] != DATABASE:
+            if client and title[1] not in (DATABASE, f"{DATABASE}_dbos"):
                 continue
             role = "postgres"
         elif "redis-server" in command:
             role = "redis"
+        elif "beam.smp" in command and "rabbit" in command:
+            role = "rabbitmq"
+        elif "peer_celery_saga" in command:  # a peer's worker, or its driver
+            role = "worker" if " worker " in command else "client"
+        elif "peer_dbos" in command:  # runs its workflows in its own threads
+            role = "worker"
         else:
             continue
         groups[role] = groups.get(role, 0.0) + (int(fields[11]) + int(fields[12])) / tick
@@ -111,6 +243,32 @@ def cpu_seconds() -> dict[str, float]:
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+class FirstMessage:
+    """The bytes of the first task message published while connected (body + headers).
+
+    Measured as kombu's JSON serializer writes them, in the client, before the broker.
+    """
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+
+    def __call__(self, body: Any = None, headers: Any = None, **_: Any) -> None:
+        from kombu.utils.json import dumps
+
+        self.sizes.append(len(dumps(body)) + len(dumps(headers)))
+
+    def of(self, start: Callable[[], object]) -> int:
+        from celery.signals import before_task_publish
+
+        self.sizes.clear()
+        before_task_publish.connect(self, weak=False)
+        try:
+            start()
+        finally:
+            before_task_publish.disconnect(self)
+        return self.sizes[0]
 
 
 def main() -> None:
@@ -132,11 +290,34 @@ def main() -> None:
         help="line: a -> b -> c (a plain chain); group: a -> group(b, c, d) -> e (plain: "
         "chain(a, chord(group(b, c, d), e)), the chord joined in the Redis result backend)",
     )
+    parser.add_argument(
+        "--steps", type=int, default=3, help="line: steps per saga and tasks per chain"
+    )
+    parser.add_argument("--concurrency", type=int, default=2, help="worker processes")
+    parser.add_argument(
+        "--store", choices=("postgres", "sqlite"), default="postgres", help="the saga store"
+    )
+    parser.add_argument(
+        "--broker", choices=tuple(BROKERS), default="redis", help="the broker of both kinds"
+    )
+    parser.add_argument(
+        "--peers",
+        action="store_true",
+        help="also run celery-saga 0.1.1 and DBOS in the same rounds, each from a venv of "
+        f"its own under {PEERS} (made with pip on first use)",
+    )
     options = parser.parse_args()
     grouped = options.shape == "group"
+    if options.steps < 1 or (options.failure and options.steps < 2):
+        parser.error("--steps takes 1 or more (2 or more with --failure)")
+    if grouped and (options.steps != 3 or options.peers):
+        parser.error("--steps and --peers are for --shape line")
+    peers = make_peers() if options.peers else []
+    for peer in peers:
+        peer.install()
 
-    fresh_database()
-    os.environ["BENCH_STORE"] = STORE_URL
+    os.environ["BENCH_STORE"] = fresh_database(options.store)
+    os.environ["BENCH_BROKER"] = BROKERS[options.broker]
     sys.path.insert(0, str(HERE))
     from bench_app import app, boom, failing, noop, step, undo_group, undo_plain
     from celery import chain, chord, group, uuid
@@ -148,19 +329,24 @@ def main() -> None:
 
     print(f"celery_saga from {Path(celery_saga.__file__).parent}", flush=True)
 
-    with app.connection_for_write() as connection:
+    # (RabbitMQ: no such queue yet, nothing to purge)
+    with app.connection_for_write() as connection, contextlib.suppress(Exception):
         connection.default_channel.queue_purge("bench")  # type: ignore[attr-defined]
     store = get_store(app)
     store.ensure_schema()
     backend: Any = app.backend  # the Redis result backend: .client, .get_key_for_task
     redis = backend.client
 
+    length = options.steps
+
     def start_line() -> str:
         if not options.failure:
-            return str(chain(noop.s(0), noop.s(), noop.s()).apply_async().id)
+            tasks = [noop.s(0), *(noop.s() for _ in range(length - 1))]
+            return str((chain(*tasks) if length > 1 else tasks[0]).apply_async().id)
         last = undo_plain.si().set(task_id=uuid())  # its result says the undoing is over
-        plain = chain(noop.s(0), noop.s(), boom.s())
-        plain.link_error(chain(undo_plain.si(), last))
+        plain = chain(noop.s(0), *(noop.s() for _ in range(length - 2)), boom.s())
+        undos = [*(undo_plain.si() for _ in range(length - 2)), last]
+        plain.link_error(chain(*undos) if len(undos) > 1 else last)
         plain.apply_async()
         return str(last.id)
 
@@ -180,7 +366,10 @@ def main() -> None:
     middle = failing if options.failure else step
 
     def start_line_saga() -> str:
-        return saga(step.s(0), step.s(), middle.s(), name="bench").apply_async().id
+        steps = [step.s(0), *(step.s() for _ in range(length - 2))]
+        if length > 1:
+            steps.append(middle.s())
+        return saga(*steps, name="bench").apply_async().id
 
     def start_group_saga() -> str:
         members = group(step.s(), middle.s(), step.s())
@@ -217,15 +406,43 @@ def main() -> None:
 
         return done
 
-    worker = start_worker(Path("/tmp/celery_saga_bench_worker.log"))
+    if peers:  # the celery-saga peer's state, and queue
+        import redis as redis_module
+
+        redis_module.Redis.from_url("redis://127.0.0.1:6379/7").flushdb()
+        with app.connection_for_write() as connection, contextlib.suppress(Exception):
+            connection.default_channel.queue_purge("bench-peer")  # type: ignore[attr-defined]
+    worker = start_worker(Path("/tmp/celery_saga_bench_worker.log"), options.concurrency)
+    for peer in peers:
+        peer.start(options)
     try:
-        wait_until(chains_done([start_chain()]), 0.1)  # warm up, and wait for the worker
-        wait_until(sagas_done([start_saga()]), 0.1)
+        for peer in peers:  # warm up, and wait for its worker
+            peer.run(1)
+        measure = FirstMessage()
+        first_id = ""
+
+        def first_chain() -> None:
+            nonlocal first_id
+            first_id = start_chain()
+
+        def first_saga() -> None:
+            nonlocal first_id
+            first_id = start_saga()
+
+        # warm up, wait for the worker, and measure the first message of each kind
+        chain_bytes = measure.of(first_chain)
+        wait_until(chains_done([first_id]), 0.1)
+        saga_bytes = measure.of(first_saga)
+        wait_until(sagas_done([first_id]), 0.1)
 
         per_round = options.count // options.rounds
         plain_time = saga_time = 0.0
         ratios: list[float] = []
         cpu: dict[str, dict[str, float]] = {"plain": {}, "saga": {}}
+        cpu.update({peer.name: {} for peer in peers})
+        peer_time = {peer.name: 0.0 for peer in peers}
+        peer_ratios: dict[str, list[float]] = {peer.name: [] for peer in peers}
+        peer_lat: dict[str, list[float]] = {peer.name: [] for peer in peers}
 
         def timed(kind: str, run: Callable[[], None]) -> float:
             before = cpu_seconds()
@@ -244,8 +461,14 @@ def main() -> None:
             plain_time += plain
             saga_time += sagas_
             ratios.append(plain / sagas_)
+            said = ""
+            for peer in peers:
+                took = timed(peer.name, lambda peer=peer: peer.run(per_round))  # type: ignore[misc]
+                peer_time[peer.name] += took
+                peer_ratios[peer.name].append(plain / took)
+                said += f", {peer.name} {per_round / took:.1f}/s"
             print(f"round {number}: plain {per_round / plain:.1f}/s, "
-                  f"saga {per_round / sagas_:.1f}/s, ratio {plain / sagas_:.2f}",
+                  f"saga {per_round / sagas_:.1f}/s, ratio {plain / sagas_:.2f}{said}",
                   flush=True)  # fmt: skip
 
         plain_lat: list[float] = []
@@ -257,9 +480,13 @@ def main() -> None:
             started = time.perf_counter()
             wait_until(sagas_done([start_saga()]), 0.001, timeout=60)
             saga_lat.append(time.perf_counter() - started)
+        for peer in peers:
+            peer_lat[peer.name] = peer.latencies(options.latency)
     finally:
         worker.send_signal(signal.SIGTERM)
         worker.wait(timeout=60)
+        for peer in peers:
+            peer.stop()
 
     total = per_round * options.rounds
     plain_rate = total / plain_time
@@ -270,22 +497,36 @@ def main() -> None:
         path = "c failing, b, d and a compensated" if options.failure else "all succeeding"
         plain_label = "plain chord"
     else:
-        what = "3 no-op steps each"
-        path = "the 3rd failing, 2 compensations" if options.failure else "all succeeding"
+        what = f"{length} no-op step{'s' if length > 1 else ''} each"
+        undone = f"{length - 1} compensation{'s' if length > 2 else ''}"
+        path = f"the last failing, {undone}" if options.failure else "all succeeding"
         plain_label = "plain chain"
-    print(f"{total} of each kind, {what} ({path}); one worker, prefork x2; "
-          f"Redis broker; saga store PostgreSQL; plain results in Redis")  # fmt: skip
-    print(f"{'':14}{'per s':>10}{'p50 ms':>10}{'p95 ms':>10}")
-    for label, rate, lat in ((plain_label, plain_rate, plain_lat), ("saga", saga_rate, saga_lat)):
-        print(f"{label:14}{rate:>10.1f}{statistics.median(lat) * 1000:>10.1f}"
+    broker = {"redis": "Redis", "rabbitmq": "RabbitMQ"}[options.broker]
+    store_name = {"postgres": "PostgreSQL", "sqlite": "SQLite"}[options.store]
+    print(f"{total} of each kind, {what} ({path}); one worker, prefork "
+          f"x{options.concurrency}; {broker} broker; saga store {store_name}; "
+          f"plain results in Redis")  # fmt: skip
+    print(f"{'':18}{'per s':>10}{'p50 ms':>10}{'p95 ms':>10}")
+    rows = [(plain_label, plain_rate, plain_lat), ("saga", saga_rate, saga_lat)]
+    rows += [(peer.name, total / peer_time[peer.name], peer_lat[peer.name]) for peer in peers]
+    for label, rate, lat in rows:
+        print(f"{label:18}{rate:>10.1f}{statistics.median(lat) * 1000:>10.1f}"
               f"{percentile(lat, 0.95) * 1000:>10.1f}")  # fmt: skip
     print(f"saga / plain throughput: {saga_rate / plain_rate:.2f}x overall, "
           f"{statistics.median(ratios):.2f}x median of {len(ratios)} rounds")  # fmt: skip
+    for peer in peers:
+        rate = total / peer_time[peer.name]
+        print(f"{peer.name} / plain throughput: {rate / plain_rate:.2f}x overall, "
+              f"{statistics.median(peer_ratios[peer.name]):.2f}x median")  # fmt: skip
     roles = ["client", "worker", "postgres", "redis"]
+    if options.broker == "rabbitmq":
+        roles.append("rabbitmq")
     print("CPU ms per item: " + ", ".join(
         f"{kind} " + " ".join(f"{role} {cpu[kind].get(role, 0.0) / total * 1000:.1f}"
                               for role in roles)
-        for kind in ("plain", "saga")))  # fmt: skip
+        + f" = {sum(cpu[kind].get(role, 0.0) for role in roles) / total * 1000:.1f}"
+        for kind in ("plain", "saga", *(peer.name for peer in peers))))  # fmt: skip
+    print(f"bytes of the first message: {plain_label} {chain_bytes}, saga {saga_bytes}")
     # What the sagas did, from the store: a step the saga refused to start (it was
     # compensating already) has no started_at, and so nothing to compensate.
     with store.engine.connect() as db:

@@ -1,6 +1,6 @@
 """The internal task ``celery_saga.compensate``: undo one succeeded (or in-doubt) step.
 
-A failing step's ``link_error`` is a chain of these, one per succeeded step before it,
+A step that fails for good sends a chain of these, one per succeeded step before it,
 newest first; the recovery sweep and the operator's commands send the same chains.
 Each claims the step's compensation in the store (so a duplicate message does not run
 it twice, and an errback Celery fired for a saga that is still running does nothing),

@@ -1,12 +1,16 @@
 """The Celery messages of a saga, built in one place.
 
 Forward steps travel as a Celery chain: each step message carries the saga header
-(:data:`HEADER`: saga id, step index, step count, the steps to undo if it fails, the
-deadline) and, as ``link_error``, the chain of immutable ``celery_saga.compensate``
-signatures of the steps before it, newest first. The step task sends the next step
-itself once its result is committed (:func:`send_next`), so a failed publish never
-looks like a failed step to Celery. Everything here is rebuilt from the stored plan,
-so the recovery sweep and the operator's commands send the very same messages.
+(:data:`HEADER`: saga id, step index, step count, whether a step before it has a
+compensation, the deadline), of the same size at every position in the saga. The step
+task sends the next step itself once its result is committed (:func:`send_next`), so a
+failed publish never looks like a failed step to Celery; on a final failure it sends
+the chain of immutable ``celery_saga.compensate`` messages of the steps before it,
+newest first, built from the plan its failure's write read (:func:`send_compensations`).
+Messages sent by earlier versions carry that chain as ``link_error`` instead, with the
+steps to undo listed in the header (``u``, or ``c``): they still run.
+Everything here is rebuilt from the stored plan, so the recovery sweep and the
+operator's commands send the very same messages.
 """
 
 from __future__ import annotations
@@ -42,10 +46,12 @@ __all__ = [
     "resend_later",
     "retry_later",
     "revoke",
+    "send_compensations",
     "send_next",
     "step_delivery",
     "step_signatures",
     "step_task_id",
+    "undo_list",
 ]
 
 logger = get_task_logger("celery_saga.execution")
@@ -82,11 +88,21 @@ def compensation_task_id(saga_id: str, index: int) -> str:
 
 
 def step_delivery(header: Mapping[str, Any]) -> Delivery:
-    """What a step message's saga header says, for the state machine."""
+    """What a step message's saga header says, for the state machine.
+
+    A message sent by this release names only the first of the steps its failure
+    undoes (``v``: itself, when in doubt; ``b``: the newest step before it with a
+    compensation): enough to tell whether there is anything to undo. The whole list
+    comes from the plan that the failure's write reads (see :func:`undo_list`).
+    """
     index: int = header["i"]
     undo = header.get("u")
-    if undo is None:  # sent before the header listed them: the errbacks know
-        undo = list(range(index - 1, -1, -1)) if header.get("c") else []
+    if undo is None and "c" in header:  # sent before the header listed them
+        undo = list(range(index - 1, -1, -1)) if header["c"] else []
+    elif undo is None:
+        undo = [index] if header.get("v") else []
+        if header.get("b") is not None:
+            undo.append(header["b"])
     return Delivery(
         saga_id=header["id"],
         name=header.get("name", ""),
@@ -119,22 +135,20 @@ def _compensation_route(app: Celery, compensate: str) -> dict[str, Any]:
     return {"queue": queue} if isinstance(queue, str) and queue else {}
 
 
-def compensation_chain(
+def _compensation_signatures(
     app: Celery,
     saga_id: str,
     plan: Mapping[str, Any],
     undo: Sequence[int],
-    routes: dict[str, dict[str, Any]] | None = None,
-) -> Signature[Any] | None:
+) -> list[Signature[Any]]:
     """The ``celery_saga.compensate`` messages of the given steps, in the order given.
 
     The last one carries ``last=True``: it settles the saga. Each is shown in Celery's
     logs, events and Flower under the compensation's own task name (``shadow``), with
-    the task id ``<saga id>:<step>:compensate``. ``routes`` caches each compensation's
-    queue across calls.
+    the task id ``<saga id>:<step>:compensate``.
     """
     steps: Sequence[Mapping[str, Any]] = plan["steps"]
-    routes = {} if routes is None else routes
+    routes: dict[str, dict[str, Any]] = {}
     signatures = []
     for position, index in enumerate(undo):
         compensate = steps[index]["compensate"]
@@ -152,15 +166,52 @@ def compensation_chain(
                 **routes[compensate],
             )
         )
+    return signatures
+
+
+def compensation_chain(
+    app: Celery,
+    saga_id: str,
+    plan: Mapping[str, Any],
+    undo: Sequence[int],
+) -> Signature[Any] | None:
+    """The chain of ``celery_saga.compensate`` messages of the given steps, in that order.
+
+    None if there are none (see :func:`_compensation_signatures`).
+    """
+    signatures = _compensation_signatures(app, saga_id, plan, undo)
     if not signatures:
         return None
     return signatures[0] if len(signatures) == 1 else chain(*signatures, app=app)
 
 
-def undo_list(steps: Sequence[Mapping[str, Any]], index: int) -> list[int]:
-    """The steps a step's final failure undoes, newest first (itself first when in doubt)."""
+def send_compensations(
+    task: Task[Any, Any], saga_id: str, plan: Mapping[str, Any], undo: Sequence[int]
+) -> None:
+    """Send the compensations of ``undo``, in that order, as one chain (from a step task).
+
+    The message :func:`compensation_chain` would send, sent as :func:`publish` sends
+    a chain (the first carrying the rest), with the failed step as its parent, as
+    Celery sends an errback. The step's own ``link_error`` (a message of an earlier
+    version) is taken off its request: Celery does not send that chain again.
+    """
+    request = task.request
+    request.errbacks = None
+    first, *rest = _compensation_signatures(task.app, saga_id, plan, undo)
+    first.apply_async(
+        chain=rest[::-1] or None,
+        parent_id=request.id,
+        root_id=request.root_id or request.id,
+    )
+
+
+def undo_list(steps: Sequence[Mapping[str, Any]], index: int, *, itself: bool = True) -> list[int]:
+    """The steps a step's final failure undoes, newest first (itself first when in doubt).
+
+    ``itself=False``: only the steps before it.
+    """
     undo = [s["index"] for s in reversed(steps[:index]) if s["compensate"]]
-    if steps[index].get("undo_timeout"):  # in doubt if it times out: undo it first then
+    if itself and steps[index].get("undo_timeout"):  # in doubt if it times out: undo it first
         undo.insert(0, index)
     return undo
 
@@ -183,23 +234,22 @@ def step_signatures(
     first step gets as its first argument, ``(result,)``, as Celery's chain would have
     passed it.
 
-    In a saga with groups no step carries errbacks: a failure settles the saga from
-    the store, which waits for the members still running before it undoes anything.
+    No step carries errbacks: in a saga without groups the step task sends the
+    compensations after its failure is recorded; in a saga with groups a failure
+    settles the saga from the store, which waits for the members still running before
+    it undoes anything.
     """
     started = None if created is None else created.replace(tzinfo=UTC).timestamp()
     steps: list[Mapping[str, Any]] = plan["steps"]
     topology = Topology.of(plan) if topology is None else topology
     grouped = topology.grouped
     count = len(steps)
-    routes: dict[str, dict[str, Any]] = {}
     signatures: list[Signature[Any]] = []
     redacting = get_config(app).redact is not None
     deadline = started + plan["deadline"] if started and plan.get("deadline") else None
     parent = plan.get("parent")  # a child saga: its end lets the parent go on
     for index in topology.run_from(start):
         step = steps[index]
-        undo = [] if grouped else undo_list(steps, index)
-        errback = compensation_chain(app, saga_id, plan, undo, routes)
         options = dict(step["options"])
         options["task_id"] = step_task_id(saga_id, index)
         # The saga store keeps the step's result: no copy in Celery's result backend.
@@ -208,12 +258,16 @@ def step_signatures(
             "id": saga_id,
             "i": index,
             "n": count,
-            "c": errback is not None,
-            "u": undo,
             "s": step["stage"],
             "name": plan["name"],
             "t": started,
         }
+        if not grouped:  # the first of the steps its failure undoes (see step_delivery)
+            before = undo_list(steps, index, itself=False)
+            if before:
+                header["b"] = before[0]
+            if step.get("undo_timeout"):
+                header["v"] = 1
         if deadline is not None:
             header["d"] = deadline
         if "wait" in step:  # what the wait waits for
@@ -228,8 +282,6 @@ def step_signatures(
                 header["j"] = list(topology.stage_of(index).ends)
                 header["l"] = topology.is_final(index)
         options["headers"] = {**(options.get("headers") or {}), HEADER: header}
-        if errback is not None:
-            options["link_error"] = [errback]
         if redacting:  # what Celery's logs, events and Flower show of the arguments
             options["argsrepr"] = saferepr(
                 _observe.redact(app, step["task"], "args", tuple(step["args"]))

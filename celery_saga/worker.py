@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -29,7 +30,16 @@ from ._values import unstorable
 from .config import get_config
 from .context import StepContext, running
 from .definition import StepDefinition
-from .dispatch import HEADER, guarded, publish_stage, republish, retry_later, send_next
+from .dispatch import (
+    HEADER,
+    guarded,
+    publish_stage,
+    republish,
+    retry_later,
+    send_compensations,
+    send_next,
+    undo_list,
+)
 from .dispatch import step_delivery as _delivery
 from .errors import SagaStoreError, SagaValidationError
 from .machine import (
@@ -341,7 +351,7 @@ class _StepShell:
             raise
         except Exception as exc:
             self.failed(exc, token)
-            raise  # its errbacks (the compensations) are the move's messages
+            raise  # Celery marks it failed; the compensations are on their way
         inject("done", context, names)
         return self.succeeded(token, result, encoded)
 
@@ -411,9 +421,14 @@ class _StepShell:
                 saga_status=fail.saga_status,
                 step_status=fail.step_status,
                 lock=d.grouped,
+                attempt=self.attempt or None,
+                plan=not d.grouped,
             ),
             p=pending,
         )
+        plan = recorded.plan
+        if plan is not None:  # what the failure undoes, from the plan its write read
+            d = self.d = replace(d, undo=tuple(undo_list(plan["steps"], d.index)))
         move = decide(
             d,
             FailureRecorded(recorded.recorded, recorded.moved, fail.saga_status, fail.step_status),
@@ -428,9 +443,26 @@ class _StepShell:
         rest = Move(
             messages=tuple(m for m in move.messages if not isinstance(m, SendCompensations))
         )
-        self.carry_out(rest)  # a lost claim drops the message (Ignore): no errbacks then
-        if sends and exc is None:  # recorded on a later delivery: no errbacks to fire
+        self.carry_out(rest)  # a lost claim drops the message (Ignore)
+        if sends and plan is None:  # (not read: the store decides what to undo)
             self.guard(lambda: _drive.settle(self.app, d.saga_id))
+        elif sends:
+            self.send_compensations(plan, sends)
+
+    def send_compensations(self, plan: Mapping[str, Any], sends: list[SendCompensations]) -> None:
+        """The failure is recorded: send what it undoes (Celery sends no errbacks)."""
+        d = self.d
+        try:
+            for message in sends:
+                send_compensations(self.task, d.saga_id, plan, message.indices)
+        except Exception:
+            # The failure is recorded: the saga is COMPENSATING, and the sweep undoes it.
+            logger.exception(
+                "saga %s step %d: its failure is recorded, but its compensations could "
+                "not be sent; the recovery sweep sends them",
+                d.saga_id,
+                d.index,
+            )
 
     def succeeded(self, token: str, result: Any, encoded: EncodedJSON) -> Any:
         d = self.d

@@ -82,7 +82,9 @@ class Delivery:
     """What one step or compensation message says of its saga.
 
     ``undo`` lists the steps whose compensations run if this step fails for good,
-    newest first (this step's own first when it is in doubt after a timeout).
+    newest first (this step's own first when it is in doubt after a timeout). A step
+    message names only the first of them: enough to decide the failure's transition;
+    the shell reads the rest from the plan with the failure's write.
     ``deadline`` and ``started`` are epoch seconds (``None``: no deadline).
     """
 

@@ -40,11 +40,14 @@ __all__ = [
     "COMPLETE_SAGA",
     "COMPLETE_STEP",
     "FAIL_SAGA",
+    "FAIL_SAGA_RETURNING",
     "FAIL_STEP",
+    "FAIL_STEP_PG",
     "INSERT_SAGA",
     "LOCK_SAGA",
     "LOCK_SAGA_PLAN",
     "RELEASE_STEP",
+    "SAGA_PLAN",
     "SAGA_STATUS",
     "TO_UNDO",
     "claim_by_insert",
@@ -131,6 +134,8 @@ FAIL_SAGA = (
         finished_at=bindparam("p_finished", type_=sagas.c.finished_at.type),
     )
 )
+#: The same, returning the saga's plan (what the failure undoes) when it moved the saga.
+FAIL_SAGA_RETURNING = FAIL_SAGA.returning(sagas.c.plan)
 RELEASE_STEP = (
     update(saga_steps)
     .where(*_OWNED_RUNNING_STEP)
@@ -150,6 +155,7 @@ COMPLETE_SAGA = (
     )
 )
 SAGA_STATUS = select(sagas.c.status).where(sagas.c.id == bindparam("p_saga"))
+SAGA_PLAN = select(sagas.c.plan).where(sagas.c.id == bindparam("p_saga"))
 #: The saga's status, its row locked until the transaction ends (a join's first statement).
 LOCK_SAGA = SAGA_STATUS.with_for_update()
 #: The same with its plan and start: what the member that joins its stage sends next.
@@ -239,6 +245,28 @@ def _complete_last_step_in_one_statement() -> Select[tuple[int, int]]:
 
 
 COMPLETE_LAST_STEP_PG = _complete_last_step_in_one_statement()
+
+
+def _fail_step_in_one_statement() -> Select[Any]:
+    """PostgreSQL: record a step's final failure, move its saga, read its plan: one statement.
+
+    ``WITH step AS (UPDATE steps ... RETURNING), saga AS (UPDATE sagas ... WHERE id IN
+    step) SELECT <steps updated> AS steps, <sagas moved> AS sagas, <the plan> AS plan``.
+    """
+    step = FAIL_STEP.returning(_c.saga_id).cte("failed_step")
+    saga = (
+        FAIL_SAGA.where(sagas.c.id.in_(select(step.c.saga_id)))
+        .returning(sagas.c.id)
+        .cte("failed_saga")
+    )
+    steps = select(func.count()).select_from(step).scalar_subquery()
+    moved = select(func.count()).select_from(saga).scalar_subquery()
+    return select(
+        steps.label("steps"), moved.label("sagas"), SAGA_PLAN.scalar_subquery().label("plan")
+    ).add_cte(saga)
+
+
+FAIL_STEP_PG = _fail_step_in_one_statement()
 
 
 def claim_by_insert(dialect: str, returning: bool) -> Executable:

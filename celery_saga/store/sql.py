@@ -63,11 +63,14 @@ from ._statements import (
     COMPLETE_SAGA,
     COMPLETE_STEP,
     FAIL_SAGA,
+    FAIL_SAGA_RETURNING,
     FAIL_STEP,
+    FAIL_STEP_PG,
     INSERT_SAGA,
     LOCK_SAGA,
     LOCK_SAGA_PLAN,
     RELEASE_STEP,
+    SAGA_PLAN,
     SAGA_STATUS,
     TO_UNDO,
 )
@@ -114,17 +117,25 @@ def _attempt_errors(
             c.saga_id == saga_id, c.idx == index, c.claim == token
         )
     ).first()
+    entry = _attempt_error(phase, None if row is None else row[1], error, now)
+    earlier = [] if row is None or not row[0] else list(row[0])
+    return [*earlier, entry][-MAX_ATTEMPT_ERRORS:]
+
+
+def _attempt_error(
+    phase: str, attempt: int | None, error: Mapping[str, Any], now: datetime
+) -> dict[str, Any]:
+    """The ``attempt_errors`` entry of one attempt's error."""
     entry = {
         "phase": phase,
-        "attempt": None if row is None else row[1],
+        "attempt": attempt,
         "type": error.get("type"),
         "message": error.get("message"),
         "at": now.replace(tzinfo=UTC).isoformat(),
     }
     if "retryable" in error:
         entry["retryable"] = error["retryable"]
-    earlier = [] if row is None or not row[0] else list(row[0])
-    return [*earlier, entry][-MAX_ATTEMPT_ERRORS:]
+    return entry
 
 
 def _in_plan_order(
@@ -197,6 +208,7 @@ class FailureRecord:
 
     recorded: bool  #: False: the caller no longer owns the step; nothing was written
     moved: bool  #: the saga's row changed with it (False: it had stopped running)
+    plan: dict[str, Any] | None = None  #: the saga's plan, when asked for and recorded
 
     def __bool__(self) -> bool:
         return self.recorded
@@ -408,12 +420,17 @@ class SagaStore(WaitStore):
         saga_status: SagaStatus,
         step_status: StepStatus = StepStatus.FAILED,
         lock: bool = False,
+        attempt: int | None = None,
+        plan: bool = False,
     ) -> FailureRecord:
         """Record a step's final failure and move a running saga to ``saga_status``.
 
         ``step_status`` is ``TIMED_OUT`` for a timed-out step to be compensated.
         Writes nothing (false) if the caller no longer owns the step. ``lock``: take
         the saga's row first, as a join does (a group member: no deadlock with it).
+        ``attempt``: the caller's claim's attempt number, if it knows it (the first
+        attempt has no earlier errors to read). ``plan``: read the saga's plan with it
+        (what the failure undoes). On PostgreSQL, without ``lock``, one statement.
         """
         now = utcnow()
         params = {
@@ -426,17 +443,33 @@ class SagaStore(WaitStore):
             "p_step_status": step_status.value,
             "p_finished": now if saga_status.is_terminal else None,
         }
+        if attempt == 1:  # its claim made the row: no errors before this one
+            params["p_attempt_errors"] = [_attempt_error("step", 1, error, now)]
+            if plan and not lock and self.engine.dialect.name == "postgresql":
+                with self._write_one("record the step's failure") as connection:
+                    row = connection.execute(FAIL_STEP_PG, params).one()
+                if row.steps != 1:
+                    return FailureRecord(recorded=False, moved=False)
+                return FailureRecord(recorded=True, moved=row.sagas == 1, plan=row.plan)
+        stored: dict[str, Any] | None = None
         with self._write("record the step's failure") as connection:
             if lock:
                 connection.execute(LOCK_SAGA, params)
-            params["p_attempt_errors"] = _attempt_errors(
-                connection, saga_id, index, token, "step", error, now
-            )
+            if attempt != 1:
+                params["p_attempt_errors"] = _attempt_errors(
+                    connection, saga_id, index, token, "step", error, now
+                )
             if connection.execute(FAIL_STEP, params).rowcount != 1:
                 connection.rollback()
                 return FailureRecord(recorded=False, moved=False)
-            moved = connection.execute(FAIL_SAGA, params).rowcount == 1
-        return FailureRecord(recorded=True, moved=moved)
+            if plan and self.engine.dialect.update_returning:
+                stored = connection.execute(FAIL_SAGA_RETURNING, params).scalar()
+                moved = stored is not None
+            else:
+                moved = connection.execute(FAIL_SAGA, params).rowcount == 1
+            if plan and stored is None:
+                stored = connection.execute(SAGA_PLAN, params).scalar()
+        return FailureRecord(recorded=True, moved=moved, plan=stored)
 
     def release_step(
         self,

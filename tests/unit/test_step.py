@@ -124,8 +124,14 @@ def test_timeout_becomes_the_message_time_limits(app: Celery) -> None:
 
 
 def test_in_doubt_step_undoes_itself_first(app: Celery) -> None:
-    """A compensate_on_timeout step's errback starts with its own compensation."""
-    from celery_saga.dispatch import step_signatures
+    """A compensate_on_timeout step's compensation chain starts with its own compensation."""
+    from celery_saga.dispatch import (
+        HEADER,
+        compensation_chain,
+        step_delivery,
+        step_signatures,
+        undo_list,
+    )
 
     plan = saga(
         app.signature("shop.act", kwargs={"tag": "a"}),
@@ -133,8 +139,11 @@ def test_in_doubt_step_undoes_itself_first(app: Celery) -> None:
         name="t",
         app=app,
     ).plan()
-    second = step_signatures(app, "s-1", plan.as_json())[1]
-    (errback,) = second.options["link_error"]
+    stored = plan.as_json()
+    second = step_signatures(app, "s-1", stored)[1]
+    assert step_delivery(second.options["headers"][HEADER]).undo[0] == 1
+    errback = compensation_chain(app, "s-1", stored, undo_list(stored["steps"], 1))
+    assert errback is not None
     assert [task.args for task in errback.tasks] == [("s-1", 1), ("s-1", 0)]
 
 
