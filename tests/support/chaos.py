@@ -48,13 +48,14 @@ RETRY = RetryPolicy(
 )
 
 
-#: The steps of the sagas with groups: they leave the test evidence of each attempt.
+#: The steps of the sagas with groups or child sagas: they leave the test evidence of
+#: each attempt.
 GROUP_STEP, GROUP_RETRY_STEP = "chaos.group_step", "chaos.group_retry_step"
 
 
 def register_chaos_tasks(app: Celery) -> None:
     """Add the chaos test's own tasks to an app made by :func:`tests.support.app.make_app`:
-    ``chaos.retry_step`` and the steps of the sagas with groups."""
+    ``chaos.retry_step`` and the steps of the sagas with groups or child sagas."""
     ledger: Ledger = app.ledger  # type: ignore[attr-defined]
 
     @saga_step(compensate="chaos.undo", retry=RETRY)
@@ -89,15 +90,21 @@ def register_chaos_tasks(app: Celery) -> None:
             return
         ledger.add_once("undo", str(index))
 
-    def attempt(index: int, fail: bool, flakes: int, pause: float, member: bool) -> int:
+    def attempt(
+        index: int, fail: bool, flakes: int, pause: float, member: bool, child: bool
+    ) -> int:
         """One attempt, between an ``attempt`` and an ``end`` row of the same token: a token
         without its ``end`` is an attempt whose process was killed in it. The ``attempt``
-        row says which process runs it and until when at least (``at`` + ``pause``)."""
+        row says which process runs it and until when at least (``at`` + ``pause``), and
+        whether it is a group member's, or a child saga's step."""
         context = current_step()
         assert context is not None
         token = uuid.uuid4().hex
         at = time.time()
-        evidence = {"pid": os.getpid(), "token": token, "member": member, "at": at, "pause": pause}
+        evidence = {
+            "pid": os.getpid(), "token": token, "member": member, "child": child, "at": at,
+            "pause": pause,
+        }  # fmt: skip
         ledger.add("attempt", str(index), evidence)
         try:
             time.sleep(pause)  # a window to be killed in
@@ -113,10 +120,17 @@ def register_chaos_tasks(app: Celery) -> None:
     @saga_step(compensate=group_undo)
     @app.task(name=GROUP_STEP, shared=False)
     def group_step(
-        *args: Any, index: int, fail: bool, pause: float, member: bool = False, **kw: Any
+        *args: Any,
+        index: int,
+        fail: bool,
+        pause: float,
+        member: bool = False,
+        child: bool = False,
+        **kw: Any,
     ) -> int:
-        """A step of a saga with groups: fails before its effect, or applies it once."""
-        return attempt(index, fail, 0, pause, member)
+        """A step of a saga with groups or child sagas: fails before its effect, or applies
+        it once."""
+        return attempt(index, fail, 0, pause, member, child)
 
     @saga_step(compensate=group_undo, retry=RETRY)
     @app.task(name=GROUP_RETRY_STEP, shared=False)
@@ -127,11 +141,12 @@ def register_chaos_tasks(app: Celery) -> None:
         flakes: int,
         pause: float,
         member: bool = False,
+        child: bool = False,
         **kw: Any,
     ) -> int:
         """``chaos.group_step`` with the retry policy: fails its first ``flakes`` attempts
         with a transient error (then applies its effect once), or, with ``fail``, every one."""
-        return attempt(index, fail, flakes, pause, member)
+        return attempt(index, fail, flakes, pause, member, child)
 
 
 def chaos_app_from_env() -> Celery:
@@ -273,6 +288,11 @@ class WorkerProcess:
                 start_new_session=True,
             )  # fmt: skip
         wait_ready(log, self.process)
+
+    def alive(self) -> bool:
+        """Whether the worker runs (it may have died on its own: a worker whose consumer
+        hits an unrecoverable error as the Redis broker restarts exits)."""
+        return self.process is not None and self.process.poll() is None
 
     def children(self) -> list[int]:
         """The pids of the worker's pool processes."""
