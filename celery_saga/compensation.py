@@ -33,6 +33,7 @@ from .dispatch import (
     HEADER,
     compensation_delivery,
     guarded,
+    register_internal,
     republish,
     retry_later,
 )
@@ -215,11 +216,4 @@ def _compensate(
 
 def register_tasks(app: Celery) -> None:
     """Register celery_saga's internal compensation task on the app."""
-    app.task(
-        name=COMPENSATE_TASK,
-        bind=True,
-        acks_late=True,
-        reject_on_worker_lost=True,
-        ignore_result=True,
-        shared=False,
-    )(_compensate)
+    register_internal(app, COMPENSATE_TASK, _compensate)

@@ -42,6 +42,7 @@ __all__ = [
     "guarded",
     "publish",
     "publish_stage",
+    "register_internal",
     "republish",
     "resend_later",
     "retry_later",
@@ -64,6 +65,21 @@ _MAX_STORE_RETRY_DELAY = 30.0
 HEADER = "celery_saga"
 #: The internal task that runs one compensation.
 COMPENSATE_TASK = "celery_saga.compensate"
+
+
+def register_internal(app: Celery, name: str, body: Callable[..., Any]) -> None:
+    """Register one of celery_saga's internal tasks (compensation, wait, child saga).
+
+    Bound, acknowledged after it ran, given back if its worker is lost, no result kept.
+    """
+    app.task(
+        name=name,
+        bind=True,
+        acks_late=True,
+        reject_on_worker_lost=True,
+        ignore_result=True,
+        shared=False,
+    )(body)
 
 
 def step_task_id(saga_id: str, index: int) -> str:
@@ -96,6 +112,7 @@ def step_delivery(header: Mapping[str, Any]) -> Delivery:
     comes from the plan that the failure's write reads (see :func:`undo_list`).
     """
     index: int = header["i"]
+    parent_id, parent_step = header.get("up") or (None, None)
     undo = header.get("u")
     if undo is None and "c" in header:  # sent before the header listed them
         undo = list(range(index - 1, -1, -1)) if header["c"] else []
@@ -116,7 +133,8 @@ def step_delivery(header: Mapping[str, Any]) -> Delivery:
         member=bool(header.get("m")),
         ends=tuple(header.get("j") or ()),
         final=bool(header.get("l")),
-        parent=None if header.get("up") is None else (header["up"][0], header["up"][1]),
+        parent_id=parent_id,
+        parent_step=parent_step,
     )
 
 

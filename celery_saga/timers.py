@@ -29,7 +29,15 @@ from celery.utils.log import get_task_logger
 from . import _drive, _observe, signals
 from ._runtime import get_store
 from .config import get_config
-from .dispatch import HEADER, child_saga_id, guarded, publish_stage, republish, step_delivery
+from .dispatch import (
+    HEADER,
+    child_saga_id,
+    guarded,
+    publish_stage,
+    register_internal,
+    republish,
+    step_delivery,
+)
 from .machine import (
     Delivery,
     Drop,
@@ -123,10 +131,9 @@ def _hold(
             raise republish(task, message.countdown)
         elif isinstance(message, Ended):
             started = d.started or now
-            parent, parent_step = d.parent or (None, None)
             duration = max(now - started, 0.0)
             event = SagaEvent(d.saga_id, d.name, SagaStatus.COMPLETED, duration,
-                              parent_id=parent, parent_step=parent_step)  # fmt: skip
+                              parent_id=d.parent_id, parent_step=d.parent_step)  # fmt: skip
             _drive.end(app, event)
         elif isinstance(message, Drop):
             getattr(logger, message.level)(
@@ -193,11 +200,4 @@ def _start_child(app: Celery, d: Delivery, row: Mapping[str, Any]) -> None:
 def register_wait_task(app: Celery) -> None:
     """Register ``celery_saga.wait`` and ``celery_saga.child`` on the app."""
     for name, body in ((WAIT_TASK, _wait), (CHILD_TASK, _child)):
-        app.task(
-            name=name,
-            bind=True,
-            acks_late=True,
-            reject_on_worker_lost=True,
-            ignore_result=True,
-            shared=False,
-        )(body)
+        register_internal(app, name, body)

@@ -196,7 +196,6 @@ class _StepShell:
             elif isinstance(message, Ended):
                 status = message.status
                 error = self.failure if status is SagaStatus.COMPENSATED else None
-                parent, parent_step = self.d.parent or (None, None)
                 event = SagaEvent(
                     self.d.saga_id,
                     self.d.name,
@@ -204,8 +203,8 @@ class _StepShell:
                     _seconds_since(self.d.started),
                     error,
                     None if error is None else self.d.index,
-                    parent,
-                    parent_step,
+                    self.d.parent_id,
+                    self.d.parent_step,
                 )
                 _drive.end(self.app, event)
             elif isinstance(message, Drop):

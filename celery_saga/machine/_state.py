@@ -104,7 +104,8 @@ class Delivery:
     ends: tuple[int, ...] = ()
     final: bool = False  #: a joining step of the saga's last stage: the join completes it
     #: A child saga's parent and the parent's step it is: its end lets the parent go on.
-    parent: tuple[str, int] | None = None
+    parent_id: str | None = None
+    parent_step: int | None = None
 
     @property
     def is_last_step(self) -> bool:
