@@ -8,9 +8,11 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.sql.expression import Executable
 
 from ..errors import SagaStoreError
 from . import migrations
+from ._direct import Direct, Written
 from ._statements import claim_by_insert
 from .engine import READ_ONLY, make_engine
 
@@ -43,6 +45,7 @@ class StoreBase:
             if self.engine.dialect.name == "sqlite"
             else make_engine(url, {**(engine_options or {}), "isolation_level": "AUTOCOMMIT"})
         )
+        self._direct = Direct.of(self._autocommit)  # the hot writes, past SQLAlchemy
 
     # -- plumbing -----------------------------------------------------------------
 
@@ -110,6 +113,23 @@ class StoreBase:
         self.ensure_schema()
         with self._errors(doing), self._autocommit.connect() as connection:
             yield connection
+
+    def _one(self, doing: str, statement: Executable, params: Mapping[str, Any]) -> Written:
+        """Run a write that is one statement (in autocommit where the server allows).
+
+        On PostgreSQL with psycopg it goes to the driver directly (:mod:`._direct`),
+        unless something listens to the engine's statements.
+        """
+        direct = self._direct
+        if direct is not None and not direct.watched:
+            self.ensure_schema()
+            with self._errors(doing):
+                written = direct.execute(statement, params)
+            if written is not None:
+                return written
+        with self._write_one(doing) as connection:
+            result = connection.execute(statement, params)
+            return Written(result.rowcount, list(result.all()) if result.returns_rows else [])
 
     def _read(self, doing: str, read: Callable[[Connection], T], *, one: bool = False) -> T:
         """Run ``read`` on a connection; once more if a stale pooled one was dropped.

@@ -16,6 +16,7 @@ from sqlalchemy import (
     Update,
     and_,
     bindparam,
+    case,
     exists,
     func,
     insert,
@@ -39,6 +40,7 @@ __all__ = [
     "COMPLETE_LAST_STEP_PG",
     "COMPLETE_SAGA",
     "COMPLETE_STEP",
+    "END_COMPENSATION",
     "FAIL_SAGA",
     "FAIL_SAGA_RETURNING",
     "FAIL_STEP",
@@ -175,7 +177,7 @@ CLAIM_COMPENSATION = (
         _c.saga_id == bindparam("p_saga"),
         _c.idx == bindparam("p_index"),
         or_(
-            _c.status.in_(TO_UNDO),
+            *(_c.status == status for status in TO_UNDO),  # (not IN: no list to expand)
             and_(
                 _c.status == StepStatus.COMPENSATING,
                 # its owner lost its lease, or gave it back to be retried
@@ -202,6 +204,28 @@ COMPENSATION_STATE = (
         sagas.outerjoin(saga_steps, and_(_c.saga_id == sagas.c.id, _c.idx == bindparam("p_index")))
     )
     .where(sagas.c.id == bindparam("p_saga"))
+)
+#: End a compensating saga: ``FAILED`` if a compensation gave up, else ``COMPENSATED``.
+END_COMPENSATION = (
+    update(sagas)
+    .where(
+        sagas.c.id == bindparam("p_saga"),
+        or_(sagas.c.status == SagaStatus.RUNNING, sagas.c.status == SagaStatus.COMPENSATING),
+    )
+    .values(
+        status=case(
+            (
+                exists().where(
+                    _c.saga_id == bindparam("p_saga"),
+                    _c.status == StepStatus.COMPENSATION_FAILED,
+                ),
+                SagaStatus.FAILED,
+            ),
+            else_=SagaStatus.COMPENSATED,
+        ),
+        finished_at=bindparam("p_now"),
+        updated_at=bindparam("p_now"),
+    )
 )
 #: A compensation that returned.
 COMPENSATION_DONE = (

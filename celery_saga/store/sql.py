@@ -62,6 +62,7 @@ from ._statements import (
     COMPLETE_LAST_STEP_PG,
     COMPLETE_SAGA,
     COMPLETE_STEP,
+    END_COMPENSATION,
     FAIL_SAGA,
     FAIL_SAGA_RETURNING,
     FAIL_STEP,
@@ -241,8 +242,7 @@ class SagaStore(WaitStore):
         Step rows are created by the steps' first claims (see :meth:`claim_step`).
         """
         try:
-            with self._write_one("store the saga") as connection:
-                connection.execute(INSERT_SAGA, dict(saga_row))
+            self._one("store the saga", INSERT_SAGA, dict(saga_row))
         except IntegrityError:
             existing = self.get_saga(str(saga_row["id"]))
             if existing is None:
@@ -285,15 +285,24 @@ class SagaStore(WaitStore):
             "p_args": list(args),
             "p_kwargs": dict(kwargs),
         }
-        with self._write_one("claim the step") as connection:
-            inserted = connection.execute(self._claim_insert, params)
-            if inserted.first() is not None if inserted.returns_rows else inserted.rowcount == 1:
-                attempt: int | None = 1
-            elif self.engine.dialect.update_returning:
-                attempt = connection.execute(CLAIM_STEP_RETURNING, params).scalar()
+        attempt: int | None
+        if self._direct is not None:  # PostgreSQL: each its own statement, RETURNING
+            if self._one("claim the step", self._claim_insert, params).rows:
+                attempt = 1
             else:
-                claimed = connection.execute(CLAIM_STEP, params).rowcount == 1
-                attempt = self._attempts(connection, saga_id, index) if claimed else None
+                taken = self._one("claim the step", CLAIM_STEP_RETURNING, params).first()
+                attempt = None if taken is None else taken[0]
+        else:
+            with self._write_one("claim the step") as connection:
+                inserted = connection.execute(self._claim_insert, params)
+                returned = inserted.returns_rows
+                if inserted.first() is not None if returned else inserted.rowcount == 1:
+                    attempt = 1
+                elif self.engine.dialect.update_returning:
+                    attempt = connection.execute(CLAIM_STEP_RETURNING, params).scalar()
+                else:
+                    claimed = connection.execute(CLAIM_STEP, params).rowcount == 1
+                    attempt = self._attempts(connection, saga_id, index) if claimed else None
         if attempt is not None:
             return Claim(ClaimOutcome.CLAIMED, token=token, attempt=int(attempt))
         return self._why_not_claimed(saga_id, index)
@@ -343,14 +352,10 @@ class SagaStore(WaitStore):
         """
         params = _recording(saga_id, index, token, result)
         if not last:
-            with self._write_one("record the step's result") as connection:
-                recorded = connection.execute(COMPLETE_STEP, params).rowcount == 1
-            return Completion.RECORDED if recorded else Completion.LOST
+            recorded = self._one("record the step's result", COMPLETE_STEP, params)
+            return Completion.RECORDED if recorded.rowcount == 1 else Completion.LOST
         if self.engine.dialect.name == "postgresql":
-            with self._write_one("record the step's result") as connection:
-                counts: tuple[Any, ...] = tuple(
-                    connection.execute(COMPLETE_LAST_STEP_PG, params).one()
-                )
+            (counts,) = self._one("record the step's result", COMPLETE_LAST_STEP_PG, params).rows
             steps, completed = int(counts[0]), int(counts[1])
         else:
             with self._write("record the step's result") as connection:
@@ -446,8 +451,7 @@ class SagaStore(WaitStore):
         if attempt == 1:  # its claim made the row: no errors before this one
             params["p_attempt_errors"] = [_attempt_error("step", 1, error, now)]
             if plan and not lock and self.engine.dialect.name == "postgresql":
-                with self._write_one("record the step's failure") as connection:
-                    row = connection.execute(FAIL_STEP_PG, params).one()
+                (row,) = self._one("record the step's failure", FAIL_STEP_PG, params).rows
                 if row.steps != 1:
                     return FailureRecord(recorded=False, moved=False)
                 return FailureRecord(recorded=True, moved=row.sagas == 1, plan=row.plan)
@@ -510,8 +514,9 @@ class SagaStore(WaitStore):
         }
         if self._autocommit is not None and self.engine.dialect.update_returning:
             # One round trip: the claim returns the step's row when it took.
-            with self._write_one("claim the compensation") as connection:
-                taken = connection.execute(CLAIM_COMPENSATION_RETURNING, params).first()
+            taken = self._one(
+                "claim the compensation", CLAIM_COMPENSATION_RETURNING, params
+            ).first()
             if taken is not None:
                 step = step_record(taken)
                 attempt = step.compensation_attempts
@@ -649,8 +654,7 @@ class SagaStore(WaitStore):
         values: dict[str, Any]
         if error is None:  # one statement: in autocommit where the server allows
             params = {"p_saga": saga_id, "p_index": index, "p_token": token, "p_now": now}
-            with self._write_one("record the compensation") as connection:
-                return connection.execute(COMPENSATION_DONE, params).rowcount == 1
+            return self._one("record the compensation", COMPENSATION_DONE, params).rowcount == 1
         if gave_up:
             values = {
                 "status": StepStatus.COMPENSATION_FAILED,
@@ -759,25 +763,8 @@ class SagaStore(WaitStore):
 
         Returns whether this call ended it (False: it had ended already).
         """
-        now = utcnow()
-        gave_up = exists().where(
-            saga_steps.c.saga_id == saga_id,
-            saga_steps.c.status == StepStatus.COMPENSATION_FAILED,
-        )
-        with self._write_one("finish the saga") as connection:
-            ended = connection.execute(
-                update(sagas)
-                .where(
-                    sagas.c.id == saga_id,
-                    sagas.c.status.in_([SagaStatus.RUNNING, SagaStatus.COMPENSATING]),
-                )
-                .values(
-                    status=case((gave_up, SagaStatus.FAILED), else_=SagaStatus.COMPENSATED),
-                    finished_at=now,
-                    updated_at=now,
-                )
-            )
-        return ended.rowcount == 1
+        params = {"p_saga": saga_id, "p_now": utcnow()}
+        return self._one("finish the saga", END_COMPENSATION, params).rowcount == 1
 
     def note_recovery_error(self, saga_id: str, error: Mapping[str, Any]) -> None:
         """Keep on the saga what the recovery sweep could not do with it."""

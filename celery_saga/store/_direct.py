@@ -1,0 +1,170 @@
+"""The store's hot single-statement writes, handed straight to psycopg on PostgreSQL.
+
+A saga step makes two writes (its claim and its record) and each costs the worker CPU:
+through SQLAlchemy's ``Connection.execute`` about 0.30 ms for a claim on this project's
+benchmark machine, of which the driver's own work is about 0.13 ms; the rest is the
+pooled ``Connection``, the compiled-cache lookup, the execution context and the result
+objects (``benchmarks/README.md``). Here a statement is compiled once, its parameters
+go through the bind processors SQLAlchemy would apply (the JSON columns' encoding), and
+it runs on a connection of the same pool, whose driver adapters SQLAlchemy set up (the
+JSON encoder and decoder). A driver error is raised as the SQLAlchemy error that
+``Connection.execute`` raises for it, a lost connection invalidated in the pool the same
+way, so the store's error handling does not tell the two paths apart.
+
+Whenever anything listens to the engine's statements (``before_cursor_execute`` or
+``after_cursor_execute``: a tracing instrumentation, a test counting statements), every
+statement goes through SQLAlchemy instead, so that the listeners see it.
+"""
+
+from __future__ import annotations
+
+from collections import namedtuple
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.sql.expression import Executable
+
+__all__ = ["Direct", "Written"]
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """What a write did: the rows it matched, and the rows it returned (if any)."""
+
+    rowcount: int
+    rows: list[Any]
+
+    def first(self) -> Any:
+        """The first row returned, or None."""
+        return self.rows[0] if self.rows else None
+
+
+#: The statements compiled and kept, at most: the store's are module constants, a few
+#: dozen; one built per call is not for here (it would only fill the cache).
+_KEPT = 256
+
+
+@lru_cache(maxsize=64)
+def _row_type(names: tuple[str, ...]) -> Callable[..., Any]:
+    """Rows whose columns read as attributes and by name, like SQLAlchemy's."""
+    fields: Any = namedtuple("Fields", names, rename=True)  # type: ignore[misc]
+
+    class Row(fields):
+        __slots__ = ()
+
+        @property
+        def _mapping(self) -> dict[str, Any]:
+            return dict(zip(names, self, strict=True))
+
+    return Row
+
+
+@dataclass(frozen=True, slots=True)
+class _Compiled:
+    sql: str
+    defaults: dict[str, Any]  # the literal values the statement carries, processed
+    processors: dict[str, Callable[[Any], Any]]  # by parameter name, for those given
+
+
+class Direct:
+    """Runs compiled statements on the engine's pooled connections, without SQLAlchemy.
+
+    Only for ``postgresql+psycopg`` (see :meth:`of`); the engine should be in autocommit:
+    each statement is atomic by itself, and nothing here begins or ends a transaction.
+    The statements are module constants with bind parameters (compiled once each, by
+    identity and the names of the parameters given).
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._compiled: dict[tuple[int, frozenset[str]], _Compiled | None] = {}
+        self._statements: list[Executable] = []  # (keeps the keys' statements alive)
+
+    @classmethod
+    def of(cls, engine: Engine | None) -> Direct | None:
+        """A ``Direct`` for an engine whose driver it knows (psycopg 3), else None."""
+        if engine is None or engine.dialect.driver != "psycopg":
+            return None
+        return cls(engine)
+
+    @property
+    def watched(self) -> bool:
+        """Whether something listens to the engine's statements (then: not here)."""
+        dispatch = self.engine.dispatch
+        return bool(dispatch.before_cursor_execute or dispatch.after_cursor_execute)
+
+    def _compile(self, statement: Executable, params: Mapping[str, Any]) -> _Compiled | None:
+        key = (id(statement), frozenset(params))
+        if key in self._compiled:
+            return self._compiled[key]
+        if len(self._compiled) >= _KEPT:  # not a statement made once: leave it to SQLAlchemy
+            return None
+        dialect = self.engine.dialect
+        # (column_keys: an INSERT names the columns it is given, as at execution)
+        done = statement.compile(dialect=dialect, column_keys=sorted(params))  # type: ignore[attr-defined]
+        processors: dict[str, Callable[[Any], Any]] = {}
+        for bind, name in done.bind_names.items():
+            process = bind.type.dialect_impl(dialect).bind_processor(dialect)
+            if process is not None:
+                processors[name] = process
+        defaults = {
+            name: processors[name](value) if name in processors and value is not None else value
+            for name, value in done.params.items()
+            if name not in params
+        }
+        given = {name: process for name, process in processors.items() if name in params}
+        sql = str(done)
+        # (an IN list is rendered at execution, from its values: such a statement is not
+        # for here)
+        compiled = None if "POSTCOMPILE" in sql else _Compiled(sql, defaults, given)
+        self._compiled[key] = compiled
+        self._statements.append(statement)
+        return compiled
+
+    def execute(self, statement: Executable, params: Mapping[str, Any]) -> Written | None:
+        """Run one statement; raises what ``Connection.execute`` would raise for it.
+
+        None, running nothing, for a statement it cannot run (an ``IN`` list).
+        """
+        compiled = self._compile(statement, params)
+        if compiled is None:
+            return None
+        values = {**compiled.defaults, **params}
+        for name, process in compiled.processors.items():
+            value = values[name]
+            if value is not None:
+                values[name] = process(value)
+        dialect = self.engine.dialect
+        dbapi_error: type[Exception] = dialect.loaded_dbapi.Error
+        try:
+            connection = self.engine.raw_connection()
+        except dbapi_error as exc:  # it could not connect: no statement was sent
+            lost = dialect.is_disconnect(exc, None, None)  # type: ignore[arg-type]
+            raise DBAPIError.instance(
+                None, None, exc, dbapi_error, connection_invalidated=lost, dialect=dialect
+            ) from exc
+        try:
+            cursor = connection.cursor()
+            try:
+                cursor.execute(compiled.sql, values)
+                rows: list[Any] = []
+                if cursor.description is not None:
+                    row = _row_type(tuple(column[0] for column in cursor.description))
+                    rows = [row(*fields) for fields in cursor.fetchall()]
+                return Written(cursor.rowcount, rows)
+            except dbapi_error as exc:
+                lost = dialect.is_disconnect(exc, connection.dbapi_connection, cursor)  # type: ignore[arg-type]
+                if lost:
+                    connection.invalidate(exc)
+                raise DBAPIError.instance(
+                    compiled.sql, values, exc, dbapi_error,
+                    connection_invalidated=lost, dialect=dialect,
+                ) from exc  # fmt: skip
+            finally:
+                cursor.close()
+        finally:
+            connection.close()

@@ -1,0 +1,206 @@
+"""On PostgreSQL with psycopg the store's hot writes go to the driver past SQLAlchemy
+(``celery_saga.store._direct``): the same rows, the same errors, and SQLAlchemy's path
+whenever something listens to the engine's statements."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from sqlalchemy import event, select, text
+from sqlalchemy.engine import make_url
+
+from celery_saga.errors import SagaStoreError
+from celery_saga.plan import saga_row
+from celery_saga.status import SagaStatus, StepStatus
+from celery_saga.store import ClaimOutcome, Completion, SagaStore
+from celery_saga.store._direct import Direct
+from celery_saga.store.schema import sagas
+from tests.support.proxy import TcpProxy
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture
+def store(postgres_url: str) -> Iterator[SagaStore]:
+    store = SagaStore(postgres_url)
+    store.ensure_schema()
+    yield store
+    store.dispose()
+
+
+class Calls:
+    """Counts what ``Direct.execute`` ran (and passes each call on)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.ran: list[str] = []
+        execute = Direct.execute
+
+        def counted(direct: Direct, statement: Any, params: Any) -> Any:
+            written = execute(direct, statement, params)
+            if written is not None:
+                self.ran.append(str(statement).split()[0])
+            return written
+
+        monkeypatch.setattr(Direct, "execute", counted)
+
+
+def _plan(steps: int) -> dict[str, Any]:
+    return {
+        "name": "direct",
+        "steps": [
+            {"index": i, "stage": i, "task": "shop.act", "compensate": "shop.undo"}
+            for i in range(steps)
+        ],
+    }
+
+
+def _new_saga(store: SagaStore, steps: int = 2) -> str:
+    saga_id = f"direct-{uuid.uuid4().hex}"
+    assert store.create_saga(saga_row(saga_id, _plan(steps), datetime.now(UTC))) is None
+    return saga_id
+
+
+def _claim(store: SagaStore, saga_id: str, index: int, token: str) -> Any:
+    return store.claim_step(
+        saga_id, index, token, [index], {"k": "v"}, 60.0,
+        stage=index, task="shop.act", compensate="shop.undo",
+    )  # fmt: skip
+
+
+def test_a_saga_run_through_the_store_goes_to_the_driver(
+    store: SagaStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Storing, claiming and recording a 2-step saga runs each write on the driver,
+    and leaves the rows SQLAlchemy's path leaves."""
+    calls = Calls(monkeypatch)
+    saga_id = _new_saga(store)
+    for index in (0, 1):
+        claim = _claim(store, saga_id, index, f"t{index}")
+        assert claim.outcome is ClaimOutcome.CLAIMED
+        assert claim.attempt == 1
+        done = store.complete_step(saga_id, index, f"t{index}", {"n": index}, last=index == 1)
+        assert done is (Completion.COMPLETED if index == 1 else Completion.RECORDED)
+    assert calls.ran == ["INSERT", "INSERT", "UPDATE", "INSERT", "WITH"]
+    saga = store.get_saga(saga_id)
+    assert saga is not None
+    assert saga.status is SagaStatus.COMPLETED
+    assert saga.plan == _plan(2)
+    steps = store.get_steps(saga_id)
+    assert [(s.status, s.args, s.kwargs, s.result) for s in steps] == [
+        (StepStatus.SUCCEEDED, [0], {"k": "v"}, {"n": 0}),
+        (StepStatus.SUCCEEDED, [1], {"k": "v"}, {"n": 1}),
+    ]
+
+
+def test_a_second_claim_and_a_stale_record_answer_as_before(store: SagaStore) -> None:
+    """A claim of a step someone holds is not granted, and a record by a token that
+    lost the step writes nothing: the RETURNING and row counts read off the driver."""
+    saga_id = _new_saga(store)
+    assert _claim(store, saga_id, 0, "owner").outcome is ClaimOutcome.CLAIMED
+    assert _claim(store, saga_id, 0, "other").outcome is ClaimOutcome.BUSY
+    assert store.complete_step(saga_id, 0, "other", 1, last=False) is Completion.LOST
+    assert store.complete_step(saga_id, 0, "owner", 1, last=False) is Completion.RECORDED
+
+
+def test_the_failure_path_returns_the_plan_and_claims_compensations_on_the_driver(
+    store: SagaStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure's one statement returns the stored plan; a compensation is claimed
+    with the step's row returned, recorded, and the saga ended, each on the driver."""
+    saga_id = _new_saga(store)
+    _claim(store, saga_id, 0, "a")
+    store.complete_step(saga_id, 0, "a", "r0", last=False)
+    _claim(store, saga_id, 1, "b")
+    calls = Calls(monkeypatch)
+    error = {"type": "RuntimeError", "message": "boom", "traceback": ""}
+    failed = store.fail_step(
+        saga_id, 1, "b", error, saga_status=SagaStatus.COMPENSATING,
+        step_status=StepStatus.FAILED, attempt=1, plan=True,
+    )  # fmt: skip
+    assert failed.recorded
+    assert failed.moved
+    assert failed.plan == _plan(2)
+    claim = store.claim_compensation(saga_id, 0, "c", 60.0)
+    assert claim.outcome is ClaimOutcome.CLAIMED
+    assert claim.step is not None
+    assert (claim.step.result, claim.step.args, claim.step.started_at is not None) == (
+        "r0", [0], True,
+    )  # fmt: skip
+    assert store.finish_compensation(saga_id, 0, "c")
+    assert store.finish_saga_compensation(saga_id)
+    assert calls.ran == ["WITH", "UPDATE", "UPDATE", "UPDATE"]
+    saga = store.get_saga(saga_id)
+    assert saga is not None
+    assert saga.status is SagaStatus.COMPENSATED
+
+
+def test_listeners_on_the_engine_see_every_statement(store: SagaStore) -> None:
+    """With a ``before_cursor_execute`` listener on the engine, the writes go through
+    SQLAlchemy, so that the listener (a tracer, a test) sees each of them."""
+    seen: list[str] = []
+
+    def listen(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        seen.append(statement.split()[0])
+
+    engines = store.engines
+    for engine in engines:
+        event.listen(engine, "before_cursor_execute", listen)
+    try:
+        saga_id = _new_saga(store, steps=1)
+        _claim(store, saga_id, 0, "t")
+        store.complete_step(saga_id, 0, "t", 1, last=True)
+    finally:
+        for engine in engines:
+            event.remove(engine, "before_cursor_execute", listen)
+    assert seen == ["INSERT", "INSERT", "WITH"]
+
+
+def test_a_taken_saga_id_raises_as_sqlalchemy_does(store: SagaStore) -> None:
+    """A duplicate saga id is SQLAlchemy's IntegrityError off the driver, which
+    ``create_saga`` turns into the saga stored before."""
+    saga_id = _new_saga(store)
+    existing = store.create_saga(saga_row(saga_id, _plan(2), datetime.now(UTC)))
+    assert existing is not None
+    assert existing.id == saga_id
+
+
+def test_a_statement_with_an_in_list_is_left_to_sqlalchemy(store: SagaStore) -> None:
+    """A statement whose ``IN`` list SQLAlchemy renders at execution is not run directly."""
+    direct = Direct.of(store.engines[-1])
+    assert direct is not None
+    query = select(sagas.c.id).where(sagas.c.status.in_(["RUNNING", "FAILED"]))
+    assert direct.execute(query, {}) is None
+
+
+def test_an_unreachable_server_is_a_saga_store_error_naming_it(postgres_url: str) -> None:
+    """A write when the server cannot be reached raises SagaStoreError saying so."""
+    url = make_url(postgres_url)
+    proxy = TcpProxy((url.host or "127.0.0.1", url.port or 5432))
+    with proxy.running():
+        store = SagaStore(url.set(port=proxy.port).render_as_string(hide_password=False))
+        store.ensure_schema()
+        proxy.cut()
+        with pytest.raises(SagaStoreError, match="cannot be reached"):
+            _new_saga(store)
+        store.dispose()
+
+
+def test_a_dropped_connection_is_invalidated_and_the_next_write_reconnects(
+    store: SagaStore, postgres_url: str
+) -> None:
+    """A pooled connection the server dropped fails its write with SagaStoreError and
+    leaves the pool; the next write gets a fresh connection and succeeds."""
+    _new_saga(store)  # the autocommit engine's pool holds one connection now
+    pooled = store.engines[-1].raw_connection()
+    pid = pooled.dbapi_connection.info.backend_pid  # type: ignore[union-attr]
+    pooled.close()
+    with store.engine.connect() as connection:  # (the other engine's connection)
+        connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+    with pytest.raises(SagaStoreError, match="could not store the saga"):
+        _new_saga(store)
+    saga_id = _new_saga(store)
+    assert store.get_saga(saga_id) is not None
