@@ -46,6 +46,10 @@ class StoreBase:
             else make_engine(url, {**(engine_options or {}), "isolation_level": "AUTOCOMMIT"})
         )
         self._direct = Direct.of(self._autocommit)  # the hot writes, past SQLAlchemy
+        options = engine_options or {}
+        self._isolation_set = "isolation_level" in options or "isolation_level" in (
+            options.get("execution_options") or {}
+        )
 
     # -- plumbing -----------------------------------------------------------------
 
@@ -130,6 +134,31 @@ class StoreBase:
         with self._write_one(doing) as connection:
             result = connection.execute(statement, params)
             return Written(result.rowcount, list(result.all()) if result.returns_rows else [])
+
+    def _read_direct(
+        self, doing: str, statement: Executable, params: Mapping[str, Any]
+    ) -> Written | None:
+        """A read of one statement on the driver, in autocommit; None: not on this store.
+
+        For the reads that run apart at READ COMMITTED, PostgreSQL's default: there a
+        transaction around them would give each statement its own snapshot as well.
+        Once more on a fresh connection if a stale pooled one was dropped, as
+        :meth:`_read` does.
+        """
+        direct = self._direct
+        committed = self.engine.dialect.default_isolation_level == "READ COMMITTED"
+        if direct is None or direct.watched or self._isolation_set or not committed:
+            return None
+        for attempt in (1, 2):
+            try:
+                with self._errors(doing):
+                    return direct.execute(statement, params)
+            except SagaStoreError as exc:
+                cause = exc.__cause__
+                stale = isinstance(cause, DBAPIError) and cause.connection_invalidated
+                if attempt == 2 or not stale:
+                    raise
+        raise AssertionError("unreachable")
 
     def _read(self, doing: str, read: Callable[[Connection], T], *, one: bool = False) -> T:
         """Run ``read`` on a connection; once more if a stale pooled one was dropped.

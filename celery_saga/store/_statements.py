@@ -50,7 +50,9 @@ __all__ = [
     "LOCK_SAGA_PLAN",
     "RELEASE_STEP",
     "SAGA_PLAN",
+    "SAGA_ROW",
     "SAGA_STATUS",
+    "STEP_ROWS",
     "TO_UNDO",
     "claim_by_insert",
 ]
@@ -205,6 +207,9 @@ COMPENSATION_STATE = (
     )
     .where(sagas.c.id == bindparam("p_saga"))
 )
+#: A saga's row, and its steps' rows (what ``load_saga`` reads).
+SAGA_ROW = select(sagas).where(sagas.c.id == bindparam("p_saga"))
+STEP_ROWS = select(saga_steps).where(_c.saga_id == bindparam("p_saga"))
 #: End a compensating saga: ``FAILED`` if a compensation gave up, else ``COMPENSATED``.
 END_COMPENSATION = (
     update(sagas)

@@ -72,7 +72,9 @@ from ._statements import (
     LOCK_SAGA_PLAN,
     RELEASE_STEP,
     SAGA_PLAN,
+    SAGA_ROW,
     SAGA_STATUS,
+    STEP_ROWS,
     TO_UNDO,
 )
 from ._waits import Waiting, WaitStore
@@ -968,14 +970,21 @@ class SagaStore(WaitStore):
 
     def load_saga(self, saga_id: str) -> tuple[SagaRecord, list[StepRecord]] | None:
         """The saga's row and its steps in plan order, read together; None if unknown."""
-        saga_query = select(sagas).where(sagas.c.id == saga_id)
-        steps_query = select(saga_steps).where(saga_steps.c.saga_id == saga_id)
+        self.ensure_schema()
+        params = {"p_saga": saga_id}
 
-        def read(connection: Connection) -> tuple[Row[Any] | None, Sequence[Row[Any]]]:
-            row = connection.execute(saga_query).first()
-            return row, ([] if row is None else connection.execute(steps_query).all())
+        def read(connection: Connection) -> tuple[Row[Any] | None, Sequence[Any]]:
+            row = connection.execute(SAGA_ROW, params).first()
+            return row, ([] if row is None else connection.execute(STEP_ROWS, params).all())
 
-        row, rows = self._read("read the saga", read)
+        # on the driver where it can (PostgreSQL): no BEGIN and ROLLBACK around the two
+        found = self._read_direct("read the saga", SAGA_ROW, params)
+        row = None if found is None else found.first()
+        steps = None if row is None else self._read_direct("read the saga", STEP_ROWS, params)
+        if found is None or (row is not None and steps is None):
+            row, rows = self._read("read the saga", read)
+        else:
+            rows = [] if steps is None else steps.rows
         if row is None:
             return None
         saga = saga_record(row)

@@ -13,13 +13,17 @@ import pytest
 from sqlalchemy import event, select, text
 from sqlalchemy.engine import make_url
 
+from celery_saga._runtime import get_store
 from celery_saga.errors import SagaStoreError
 from celery_saga.plan import saga_row
 from celery_saga.status import SagaStatus, StepStatus
 from celery_saga.store import ClaimOutcome, Completion, SagaStore
+from celery_saga.store._base import StoreBase
 from celery_saga.store._direct import Direct
 from celery_saga.store.schema import sagas
+from tests.support.envs import SagaEnv, thread_env
 from tests.support.proxy import TcpProxy
+from tests.unit.test_costs import run
 
 pytestmark = pytest.mark.postgres
 
@@ -46,6 +50,12 @@ class Calls:
             return written
 
         monkeypatch.setattr(Direct, "execute", counted)
+
+
+@pytest.fixture(scope="module")
+def env(postgres_url: str) -> Iterator[SagaEnv]:
+    with thread_env("direct-postgres", postgres_url, postgres_url) as env:
+        yield env
 
 
 def _plan(steps: int) -> dict[str, Any]:
@@ -204,3 +214,36 @@ def test_a_dropped_connection_is_invalidated_and_the_next_write_reconnects(
         _new_saga(store)
     saga_id = _new_saga(store)
     assert store.get_saga(saga_id) is not None
+
+
+@pytest.mark.parametrize(
+    ("fails", "sent"),
+    [
+        (False, ["INSERT", "INSERT", "UPDATE", "INSERT", "UPDATE", "INSERT", "WITH"]),
+        # the third step fails; its write returns the plan; two compensations claimed
+        # and recorded, newest first; the last one's read of the saga; the saga's end
+        (True, ["INSERT", "INSERT", "UPDATE", "INSERT", "UPDATE", "INSERT", "WITH"]
+               + ["UPDATE", "UPDATE"] * 2 + ["SELECT", "SELECT", "UPDATE"]),
+    ],
+)  # fmt: skip
+def test_a_whole_saga_sends_every_statement_on_the_driver(
+    env: SagaEnv, monkeypatch: pytest.MonkeyPatch, fails: bool, sent: list[str]
+) -> None:
+    """A 3-step saga, completing or compensating 2 steps, sends each of its
+    statements to the driver: none through SQLAlchemy, no BEGIN or ROLLBACK."""
+    get_store(env.app).ensure_schema()
+    calls = Calls(monkeypatch)
+    through_sqlalchemy: list[str] = []
+    for name in ("_write", "_write_one", "_read"):
+        original = getattr(StoreBase, name)
+
+        def spied(store: Any, doing: str, *args: Any, _original: Any = original, **kw: Any) -> Any:
+            through_sqlalchemy.append(doing)
+            return _original(store, doing, *args, **kw)
+
+        monkeypatch.setattr(StoreBase, name, spied)
+    steps = [env.sig("act", tag=f"d{i}", fail=fails and i == 2) for i in range(3)]
+    status = run(env, *steps)
+    assert status is (SagaStatus.COMPENSATED if fails else SagaStatus.COMPLETED)
+    assert calls.ran == sent
+    assert through_sqlalchemy == []
