@@ -149,16 +149,7 @@ class StoreBase:
         committed = self.engine.dialect.default_isolation_level == "READ COMMITTED"
         if direct is None or direct.watched or self._isolation_set or not committed:
             return None
-        for attempt in (1, 2):
-            try:
-                with self._errors(doing):
-                    return direct.execute(statement, params)
-            except SagaStoreError as exc:
-                cause = exc.__cause__
-                stale = isinstance(cause, DBAPIError) and cause.connection_invalidated
-                if attempt == 2 or not stale:
-                    raise
-        raise AssertionError("unreachable")
+        return self._again_if_stale(doing, lambda: direct.execute(statement, params))
 
     def _read(self, doing: str, read: Callable[[Connection], T], *, one: bool = False) -> T:
         """Run ``read`` on a connection; once more if a stale pooled one was dropped.
@@ -170,10 +161,19 @@ class StoreBase:
         """
         self.ensure_schema()
         engine = self._autocommit if one and self._autocommit is not None else self.engine
+
+        def attempt() -> T:
+            with engine.connect() as connection:
+                return read(connection.execution_options(**READ_ONLY))
+
+        return self._again_if_stale(doing, attempt)
+
+    def _again_if_stale(self, doing: str, read: Callable[[], T]) -> T:
+        """``read()``, errors translated; once more if it met a stale pooled connection."""
         for attempt in (1, 2):
             try:
-                with self._errors(doing), engine.connect() as connection:
-                    return read(connection.execution_options(**READ_ONLY))
+                with self._errors(doing):
+                    return read()
             except SagaStoreError as exc:
                 cause = exc.__cause__
                 stale = isinstance(cause, DBAPIError) and cause.connection_invalidated

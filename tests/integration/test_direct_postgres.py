@@ -247,3 +247,17 @@ def test_a_whole_saga_sends_every_statement_on_the_driver(
     assert status is (SagaStatus.COMPENSATED if fails else SagaStatus.COMPLETED)
     assert calls.ran == sent
     assert through_sqlalchemy == []
+
+
+def test_a_read_that_meets_a_dropped_connection_is_run_again(store: SagaStore) -> None:
+    """``load_saga`` on the driver, meeting a pooled connection the server dropped,
+    reads again on a fresh one: the caller sees the saga, not an error."""
+    saga_id = _new_saga(store)
+    pooled = store.engines[-1].raw_connection()
+    pid = pooled.dbapi_connection.info.backend_pid  # type: ignore[union-attr]
+    pooled.close()
+    with store.engine.connect() as connection:
+        connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+    loaded = store.load_saga(saga_id)
+    assert loaded is not None
+    assert loaded[0].id == saga_id
