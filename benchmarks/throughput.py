@@ -182,6 +182,19 @@ def fresh_database(store: str) -> str:
     return STORE_URL
 
 
+def other_workers() -> list[str]:
+    """The pids of benchmark workers already running (they would take this run's messages)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"bench_app" in command and b"worker" in command:
+            found.append(pid)
+    return found
+
+
 def start_worker(log: Path, concurrency: int) -> subprocess.Popen[bytes]:
     # The worker imports the library the client does: the same PYTHONPATH after this
     # directory, and a working directory (first on a `python -m`'s path) with no other.
@@ -316,6 +329,12 @@ def main() -> None:
     for peer in peers:
         peer.install()
 
+    running = other_workers()
+    if running:  # (a profiler's leftover, or a run cut short: they would skew this one)
+        raise SystemExit(
+            f"benchmark workers already running (pids {', '.join(running)}): "
+            "stop them first, e.g. pkill -f 'bench_app worker'"
+        )
     os.environ["BENCH_STORE"] = fresh_database(options.store)
     os.environ["BENCH_BROKER"] = BROKERS[options.broker]
     sys.path.insert(0, str(HERE))
