@@ -146,8 +146,13 @@ class StoreBase:
         :meth:`_read` does.
         """
         direct = self._direct
-        committed = self.engine.dialect.default_isolation_level == "READ COMMITTED"
-        if direct is None or direct.watched or self._isolation_set or not committed:
+        if direct is None or direct.watched or self._isolation_set:
+            return None
+        # (the server's default, known once an engine has connected)
+        levels = {
+            getattr(engine.dialect, "default_isolation_level", None) for engine in self.engines
+        }
+        if "READ COMMITTED" not in levels:
             return None
         return self._again_if_stale(doing, lambda: direct.execute(statement, params))
 

@@ -25,7 +25,7 @@ from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import Engine
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, InvalidRequestError
 from sqlalchemy.sql.expression import Executable
 
 __all__ = ["Direct", "Written"]
@@ -86,16 +86,31 @@ class Direct:
 
     @classmethod
     def of(cls, engine: Engine | None) -> Direct | None:
-        """A ``Direct`` for an engine whose driver it knows (psycopg 3), else None."""
-        if engine is None or engine.dialect.driver != "psycopg":
+        """A ``Direct`` for PostgreSQL through psycopg 3, else None."""
+        if engine is None or engine.dialect.name != "postgresql":
             return None
-        return cls(engine)
+        return cls(engine) if engine.dialect.driver == "psycopg" else None
 
     @property
     def watched(self) -> bool:
-        """Whether something listens to the engine's statements (then: not here)."""
-        dispatch = self.engine.dispatch
-        return bool(dispatch.before_cursor_execute or dispatch.after_cursor_execute)
+        """Whether the engine's statements are to go through SQLAlchemy (then: not here).
+
+        When something listens to them or to their errors, when the engine logs them
+        (``echo``) or hides their parameters in errors, or translates schema names.
+        """
+        engine = self.engine
+        dispatch = engine.dispatch
+        listened = (
+            dispatch.before_cursor_execute
+            or dispatch.after_cursor_execute
+            or dispatch.before_execute
+            or dispatch.after_execute
+            or engine.dialect.dispatch.handle_error
+        )
+        options = engine.get_execution_options()
+        return bool(
+            listened or engine.echo or engine.hide_parameters or options.get("schema_translate_map")
+        )
 
     def _compile(self, statement: Executable, params: Mapping[str, Any]) -> _Compiled | None:
         key = (id(statement), frozenset(params))
@@ -108,11 +123,14 @@ class Direct:
         done = statement.compile(dialect=dialect, column_keys=sorted(params))  # type: ignore[attr-defined]
         processors: dict[str, Callable[[Any], Any]] = {}
         for bind, name in done.bind_names.items():
+            if bind.required and name not in params:  # as SQLAlchemy: never sent as NULL
+                raise InvalidRequestError(f"A value is required for bind parameter {name!r}")
             process = bind.type.dialect_impl(dialect).bind_processor(dialect)
             if process is not None:
                 processors[name] = process
+        # (None too goes through its processor, as in SQLAlchemy: JSON's None is 'null')
         defaults = {
-            name: processors[name](value) if name in processors and value is not None else value
+            name: processors[name](value) if name in processors else value
             for name, value in done.params.items()
             if name not in params
         }
@@ -135,9 +153,7 @@ class Direct:
             return None
         values = {**compiled.defaults, **params}
         for name, process in compiled.processors.items():
-            value = values[name]
-            if value is not None:
-                values[name] = process(value)
+            values[name] = process(values[name])
         dialect = self.engine.dialect
         dbapi_error: type[Exception] = dialect.loaded_dbapi.Error
         try:
@@ -158,12 +174,15 @@ class Direct:
                 return Written(cursor.rowcount, rows)
             except dbapi_error as exc:
                 lost = dialect.is_disconnect(exc, connection.dbapi_connection, cursor)  # type: ignore[arg-type]
-                if lost:
-                    connection.invalidate(exc)
+                if lost:  # as SQLAlchemy does: this one, and every older one of the pool
+                    self.engine.pool._invalidate(connection, exc)
                 raise DBAPIError.instance(
                     compiled.sql, values, exc, dbapi_error,
                     connection_invalidated=lost, dialect=dialect,
                 ) from exc  # fmt: skip
+            except BaseException as exc:  # interrupted mid-statement: not fit to reuse
+                connection.invalidate(exc if isinstance(exc, Exception) else None)
+                raise
             finally:
                 cursor.close()
         finally:

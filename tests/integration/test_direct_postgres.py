@@ -10,8 +10,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import event, select, text
+from sqlalchemy import bindparam, event, select, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import InvalidRequestError
 
 from celery_saga._runtime import get_store
 from celery_saga.errors import SagaStoreError
@@ -261,3 +262,70 @@ def test_a_read_that_meets_a_dropped_connection_is_run_again(store: SagaStore) -
     loaded = store.load_saga(saga_id)
     assert loaded is not None
     assert loaded[0].id == saga_id
+
+
+def test_a_store_that_creates_no_tables_loads_a_saga_before_its_first_read(
+    store: SagaStore, postgres_url: str
+) -> None:
+    """With ``create_tables=False`` (nothing connects first), the first ``load_saga``
+    reads the saga: on SQLAlchemy's path until the server's isolation level is known."""
+    saga_id = _new_saga(store)
+    fresh = SagaStore(postgres_url, create_tables=False)
+    try:
+        for _ in range(2):  # the first before any connection, the second on the driver
+            loaded = fresh.load_saga(saga_id)
+            assert loaded is not None
+            assert loaded[0].id == saga_id
+    finally:
+        fresh.dispose()
+
+
+def test_a_dropped_server_invalidates_every_pooled_connection(store: SagaStore) -> None:
+    """After the server dropped all of a pool's connections, one write fails and the
+    writes after it get fresh connections, as on SQLAlchemy's path (the pool is
+    invalidated, not only the connection that met the error)."""
+    engine = store.engines[-1]
+    held = [engine.raw_connection() for _ in range(3)]  # three pooled connections
+    pids = [c.dbapi_connection.info.backend_pid for c in held]  # type: ignore[union-attr]
+    for connection in held:
+        connection.close()
+    with store.engine.connect() as connection:
+        for pid in pids:
+            connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+    with pytest.raises(SagaStoreError):
+        _new_saga(store)
+    for _ in range(3):
+        assert store.get_saga(_new_saga(store)) is not None
+
+
+def test_none_in_a_json_column_is_stored_as_sqlalchemy_stores_it(store: SagaStore) -> None:
+    """A step result of None is JSON ``null`` on the driver path, as through SQLAlchemy."""
+    saga_id = _new_saga(store)
+    _claim(store, saga_id, 0, "t")
+    store.complete_step(saga_id, 0, "t", None, last=False)
+    with store.engine.connect() as connection:
+        kind = connection.execute(
+            text("SELECT jsonb_typeof(result) FROM celery_saga_steps WHERE saga_id = :id"),
+            {"id": saga_id},
+        ).scalar_one()
+    assert kind == "null"
+
+
+def test_a_missing_parameter_is_an_error_not_a_null(store: SagaStore) -> None:
+    """A statement run without one of its parameters raises, as SQLAlchemy does."""
+    direct = Direct.of(store.engines[-1])
+    assert direct is not None
+    query = select(sagas.c.id).where(sagas.c.id == bindparam("p_saga"))
+    with pytest.raises(InvalidRequestError, match="p_saga"):
+        direct.execute(query, {})
+
+
+def test_an_engine_that_logs_its_statements_keeps_sqlalchemys_path(postgres_url: str) -> None:
+    """``echo`` on the engine (it logs every statement) sends them through SQLAlchemy."""
+    store = SagaStore(postgres_url, engine_options={"echo": True})
+    try:
+        direct = Direct.of(store.engines[-1])
+        assert direct is not None
+        assert direct.watched
+    finally:
+        store.dispose()
