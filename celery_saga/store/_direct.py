@@ -87,9 +87,10 @@ class Direct:
     @classmethod
     def of(cls, engine: Engine | None) -> Direct | None:
         """A ``Direct`` for PostgreSQL through psycopg 3, else None."""
-        if engine is None or engine.dialect.name != "postgresql":
+        if engine is None:
             return None
-        return cls(engine) if engine.dialect.driver == "psycopg" else None
+        dialect = engine.dialect
+        return cls(engine) if dialect.name == "postgresql" and dialect.driver == "psycopg" else None
 
     @property
     def watched(self) -> bool:

@@ -979,12 +979,13 @@ class SagaStore(WaitStore):
 
         # on the driver where it can (PostgreSQL): no BEGIN and ROLLBACK around the two
         found = self._read_direct("read the saga", SAGA_ROW, params)
-        row = None if found is None else found.first()
-        steps = None if row is None else self._read_direct("read the saga", STEP_ROWS, params)
-        if found is None or (row is not None and steps is None):
+        if found is not None and found.first() is None:
+            return None
+        steps = None if found is None else self._read_direct("read the saga", STEP_ROWS, params)
+        if found is None or steps is None:
             row, rows = self._read("read the saga", read)
         else:
-            rows = [] if steps is None else steps.rows
+            row, rows = found.first(), steps.rows
         if row is None:
             return None
         saga = saga_record(row)

@@ -59,6 +59,17 @@ def env(postgres_url: str) -> Iterator[SagaEnv]:
         yield env
 
 
+def _drop_pooled(store: SagaStore, count: int = 1) -> None:
+    """Have the server drop ``count`` connections pooled by the store's autocommit engine."""
+    held = [store.engines[-1].raw_connection() for _ in range(count)]
+    pids = [c.dbapi_connection.info.backend_pid for c in held]  # type: ignore[union-attr]
+    for connection in held:
+        connection.close()
+    with store.engine.connect() as connection:  # (the other engine's connection)
+        for pid in pids:
+            connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+
+
 def _plan(steps: int) -> dict[str, Any]:
     return {
         "name": "direct",
@@ -206,11 +217,7 @@ def test_a_dropped_connection_is_invalidated_and_the_next_write_reconnects(
     """A pooled connection the server dropped fails its write with SagaStoreError and
     leaves the pool; the next write gets a fresh connection and succeeds."""
     _new_saga(store)  # the autocommit engine's pool holds one connection now
-    pooled = store.engines[-1].raw_connection()
-    pid = pooled.dbapi_connection.info.backend_pid  # type: ignore[union-attr]
-    pooled.close()
-    with store.engine.connect() as connection:  # (the other engine's connection)
-        connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+    _drop_pooled(store)
     with pytest.raises(SagaStoreError, match="could not store the saga"):
         _new_saga(store)
     saga_id = _new_saga(store)
@@ -254,11 +261,7 @@ def test_a_read_that_meets_a_dropped_connection_is_run_again(store: SagaStore) -
     """``load_saga`` on the driver, meeting a pooled connection the server dropped,
     reads again on a fresh one: the caller sees the saga, not an error."""
     saga_id = _new_saga(store)
-    pooled = store.engines[-1].raw_connection()
-    pid = pooled.dbapi_connection.info.backend_pid  # type: ignore[union-attr]
-    pooled.close()
-    with store.engine.connect() as connection:
-        connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+    _drop_pooled(store)
     loaded = store.load_saga(saga_id)
     assert loaded is not None
     assert loaded[0].id == saga_id
@@ -284,14 +287,7 @@ def test_a_dropped_server_invalidates_every_pooled_connection(store: SagaStore) 
     """After the server dropped all of a pool's connections, one write fails and the
     writes after it get fresh connections, as on SQLAlchemy's path (the pool is
     invalidated, not only the connection that met the error)."""
-    engine = store.engines[-1]
-    held = [engine.raw_connection() for _ in range(3)]  # three pooled connections
-    pids = [c.dbapi_connection.info.backend_pid for c in held]  # type: ignore[union-attr]
-    for connection in held:
-        connection.close()
-    with store.engine.connect() as connection:
-        for pid in pids:
-            connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+    _drop_pooled(store, count=3)  # three pooled connections, all dropped
     with pytest.raises(SagaStoreError):
         _new_saga(store)
     for _ in range(3):
