@@ -253,21 +253,17 @@ COMPENSATION_DONE = (
 def _complete_last_step_in_one_statement() -> Select[tuple[int, int]]:
     """PostgreSQL: record the last step and complete the saga in one statement.
 
-    ``WITH step AS (UPDATE steps ... RETURNING), saga AS (UPDATE sagas ... WHERE id IN
-    step) SELECT <steps updated>, <sagas completed>``: one round trip, no BEGIN/COMMIT.
+    ``WITH step AS (UPDATE steps ... RETURNING), saga AS (UPDATE sagas ... WHERE id =
+    :saga AND EXISTS step) SELECT <steps updated>, <sagas completed>``: one round trip, no
+    BEGIN/COMMIT. (The saga's row is found by its key: ``id IN (SELECT ... FROM step)``
+    let the planner read every running saga for it.)
     """
     step = COMPLETE_STEP.returning(_c.saga_id).cte("completed_step")
     saga = (
-        update(sagas)
-        .where(
-            sagas.c.id.in_(select(step.c.saga_id)),
-            sagas.c.status == SagaStatus.RUNNING,
-        )
-        .values(status=SagaStatus.COMPLETED, finished_at=bindparam("p_now"),
-                updated_at=bindparam("p_now"))
+        COMPLETE_SAGA.where(select(step.c.saga_id).exists())
         .returning(sagas.c.id)
         .cte("completed_saga")
-    )  # fmt: skip
+    )
     steps = select(func.count()).select_from(step).scalar_subquery()
     completed = select(func.count()).select_from(saga).scalar_subquery()
     return select(steps, completed).add_cte(saga)
@@ -279,15 +275,12 @@ COMPLETE_LAST_STEP_PG = _complete_last_step_in_one_statement()
 def _fail_step_in_one_statement() -> Select[Any]:
     """PostgreSQL: record a step's final failure, move its saga, read its plan: one statement.
 
-    ``WITH step AS (UPDATE steps ... RETURNING), saga AS (UPDATE sagas ... WHERE id IN
-    step) SELECT <steps updated> AS steps, <sagas moved> AS sagas, <the plan> AS plan``.
+    ``WITH step AS (UPDATE steps ... RETURNING), saga AS (UPDATE sagas ... WHERE id =
+    :saga AND EXISTS step) SELECT <steps updated> AS steps, <sagas moved> AS sagas,
+    <the plan> AS plan``.
     """
     step = FAIL_STEP.returning(_c.saga_id).cte("failed_step")
-    saga = (
-        FAIL_SAGA.where(sagas.c.id.in_(select(step.c.saga_id)))
-        .returning(sagas.c.id)
-        .cte("failed_saga")
-    )
+    saga = FAIL_SAGA.where(select(step.c.saga_id).exists()).returning(sagas.c.id).cte("failed_saga")
     steps = select(func.count()).select_from(step).scalar_subquery()
     moved = select(func.count()).select_from(saga).scalar_subquery()
     return select(

@@ -6,6 +6,7 @@ A regression in either shows here as a changed number (the benchmarks measure th
 from __future__ import annotations
 
 import threading
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -81,7 +82,7 @@ def run(env: SagaEnv, *steps: Any) -> SagaStatus | None:
         signal.connect(ended, weak=False)
     try:
         saga = env.saga(*steps)
-        ended.saga_id = saga_id = f"costs-{threading.get_ident()}-{id(ended)}"
+        ended.saga_id = saga_id = f"costs-{uuid.uuid4().hex}"
         saga.apply_async(saga_id=saga_id)
         assert ended.done.wait(TIMEOUT), "the saga did not end"
     finally:
