@@ -38,7 +38,9 @@ process (this script, the worker and its children, PostgreSQL, Redis, RabbitMQ),
 /proc.
 Latency: one item at a time, from ``apply_async`` until its outcome is visible where
 each kind keeps it (the chain's last result in the Redis result backend, the saga's
-status in the saga table), both polled every millisecond.
+status in the saga table, read as ``SagaResult.get`` reads it), both polled every
+millisecond. On the success path of a line, the saga's latency is then split by hop
+from the steps' timestamps (:func:`latency_hops`).
 
 Both kinds are waited for by polling their stores rather than with
 ``AsyncResult.get()``: the Redis result backend's pub/sub wait can miss a result that
@@ -50,6 +52,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import os
 import signal
 import statistics
@@ -57,6 +60,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -284,6 +288,43 @@ class FirstMessage:
         return self.sizes[0]
 
 
+def latency_hops(
+    engine: Any, steps: Any, timed: list[tuple[str, float, float]]
+) -> dict[str, float]:
+    """Where the latency runs' time went, from the step rows' timestamps (one clock).
+
+    A step's ``started_at`` is taken as its claim is sent, its ``finished_at`` as its
+    result's record is: "to the first claim" is the saga's insert, its first message and
+    the worker's pick-up; "claim to record" the claim's round trip, the body and the
+    step's own work; "record to the next claim" the record's round trip, the next
+    message and its pick-up; "last record to seen" the commit and the poll.
+    """
+    c = steps.c
+    ids = [saga_id for saga_id, _, _ in timed]
+    query = select(c.saga_id, c.idx, c.started_at, c.finished_at).where(c.saga_id.in_(ids))
+    with engine.connect() as connection:
+        rows = connection.execute(query.order_by(c.saga_id, c.idx)).all()
+    by_saga: dict[str, list[tuple[float, float]]] = {}
+    for row in rows:
+        by_saga.setdefault(row.saga_id, []).append(  # (naive UTC, as stored)
+            (row.started_at.replace(tzinfo=UTC).timestamp(),
+             row.finished_at.replace(tzinfo=UTC).timestamp())
+        )  # fmt: skip
+    first, run, between, last = [], [], [], []
+    for saga_id, submitted, seen in timed:
+        times = by_saga[saga_id]
+        first.append(times[0][0] - submitted)
+        run += [end - start for start, end in times]
+        between += [nxt[0] - prev[1] for prev, nxt in itertools.pairwise(times)]
+        last.append(seen - times[-1][1])
+    hops = {"to the first claim": statistics.median(first),
+            "claim to record": statistics.median(run)}  # fmt: skip
+    if between:
+        hops["record to the next claim"] = statistics.median(between)
+    hops["last record to seen"] = statistics.median(last)
+    return hops
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--count", type=int, default=2000, help="items of each kind")
@@ -425,6 +466,10 @@ def main() -> None:
 
         return done
 
+    def saga_seen(saga_id: str) -> Callable[[], bool]:
+        """One saga's end, polled as ``SagaResult.get`` polls: one autocommit statement."""
+        return lambda: store.get_status(saga_id) == outcome
+
     if peers:  # the celery-saga peer's state, and queue
         import redis as redis_module
 
@@ -492,13 +537,16 @@ def main() -> None:
 
         plain_lat: list[float] = []
         saga_lat: list[float] = []
+        timed_sagas: list[tuple[str, float, float]] = []  # id, submitted, seen (time.time)
         for _ in range(options.latency):
             started = time.perf_counter()
             wait_until(chains_done([start_chain()]), 0.001, timeout=60)
             plain_lat.append(time.perf_counter() - started)
-            started = time.perf_counter()
-            wait_until(sagas_done([start_saga()]), 0.001, timeout=60)
+            started, submitted = time.perf_counter(), time.time()
+            saga_id = start_saga()
+            wait_until(saga_seen(saga_id), 0.001, timeout=60)
             saga_lat.append(time.perf_counter() - started)
+            timed_sagas.append((saga_id, submitted, time.time()))
         for peer in peers:
             peer_lat[peer.name] = peer.latencies(options.latency)
     finally:
@@ -546,6 +594,10 @@ def main() -> None:
         + f" = {sum(cpu[kind].get(role, 0.0) for role in roles) / total * 1000:.1f}"
         for kind in ("plain", "saga", *(peer.name for peer in peers))))  # fmt: skip
     print(f"bytes of the first message: {plain_label} {chain_bytes}, saga {saga_bytes}")
+    if not grouped and not options.failure and timed_sagas:
+        hops = latency_hops(store.engine, saga_steps, timed_sagas)
+        print("saga latency by hop, median ms: " + ", ".join(
+            f"{name} {value * 1000:.2f}" for name, value in hops.items()))  # fmt: skip
     # What the sagas did, from the store: a step the saga refused to start (it was
     # compensating already) has no started_at, and so nothing to compensate.
     with store.engine.connect() as db:
