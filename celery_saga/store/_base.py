@@ -45,7 +45,8 @@ class StoreBase:
             if self.engine.dialect.name == "sqlite"
             else make_engine(url, {**(engine_options or {}), "isolation_level": "AUTOCOMMIT"})
         )
-        self._direct = Direct.of(self._autocommit)  # the hot writes, past SQLAlchemy
+        # the hot writes, past SQLAlchemy
+        self._direct = Direct.of(self.engine if self._autocommit is None else self._autocommit)
         options = engine_options or {}
         self._isolation_set = "isolation_level" in options or "isolation_level" in (
             options.get("execution_options") or {}

@@ -1,4 +1,4 @@
-"""The store's hot single-statement writes, handed straight to psycopg on PostgreSQL.
+"""The store's hot single-statement writes, handed straight to the driver.
 
 A saga step makes two writes (its claim and its record) and each costs the worker CPU:
 through SQLAlchemy's ``Connection.execute`` about 0.30 ms for a claim on this project's
@@ -11,6 +11,13 @@ JSON encoder and decoder). A driver error is raised as the SQLAlchemy error that
 ``Connection.execute`` raises for it, a lost connection invalidated in the pool the same
 way, so the store's error handling does not tell the two paths apart.
 
+Two drivers: psycopg 3 on PostgreSQL, where each statement runs in autocommit (the
+engine's), and Python's ``sqlite3`` on a SQLite file, where each runs in a ``BEGIN
+IMMEDIATE`` transaction of its own, as the engine's ``begin`` event makes SQLAlchemy's
+(a write that reads first takes the write lock up front, and waits for it under the
+``busy_timeout``). A statement whose returned columns SQLAlchemy would convert (SQLite
+hands back JSON and timestamps as text) is left to SQLAlchemy.
+
 Whenever anything listens to the engine's statements (``before_cursor_execute`` or
 ``after_cursor_execute``: a tracing instrumentation, a test counting statements), every
 statement goes through SQLAlchemy instead, so that the listeners see it.
@@ -18,6 +25,7 @@ statement goes through SQLAlchemy instead, so that the listeners see it.
 
 from __future__ import annotations
 
+import contextlib
 from collections import namedtuple
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -26,6 +34,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, InvalidRequestError
+from sqlalchemy.pool import StaticPool
 from sqlalchemy.sql.expression import Executable
 
 __all__ = ["Direct", "Written"]
@@ -68,29 +77,45 @@ class _Compiled:
     sql: str
     defaults: dict[str, Any]  # the literal values the statement carries, processed
     processors: dict[str, Callable[[Any], Any]]  # by parameter name, for those given
+    order: tuple[str, ...] | None  # a positional driver's (sqlite3's): the names in order
 
 
 class Direct:
     """Runs compiled statements on the engine's pooled connections, without SQLAlchemy.
 
-    Only for ``postgresql+psycopg`` (see :meth:`of`); the engine should be in autocommit:
-    each statement is atomic by itself, and nothing here begins or ends a transaction.
-    The statements are module constants with bind parameters (compiled once each, by
-    identity and the names of the parameters given).
+    Only for ``postgresql+psycopg`` and a SQLite file through ``sqlite3`` (see
+    :meth:`of`). On PostgreSQL the engine should be in autocommit: each statement is
+    atomic by itself, and nothing here begins or ends a transaction; on SQLite each
+    statement is a ``BEGIN IMMEDIATE`` ... ``COMMIT`` of its own. The statements are
+    module constants with bind parameters (compiled once each, by identity and the
+    names of the parameters given).
     """
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, begin: str | None = None) -> None:
         self.engine = engine
+        self._begin = begin  # what starts each statement's transaction (None: autocommit)
         self._compiled: dict[tuple[int, frozenset[str]], _Compiled | None] = {}
         self._statements: list[Executable] = []  # (keeps the keys' statements alive)
 
     @classmethod
     def of(cls, engine: Engine | None) -> Direct | None:
-        """A ``Direct`` for PostgreSQL through psycopg 3, else None."""
+        """A ``Direct`` for PostgreSQL through psycopg 3 or a SQLite file, else None.
+
+        (A SQLite database in memory is one connection that the engine's threads share
+        through a ``StaticPool``: its transactions are SQLAlchemy's to keep apart.)
+        """
         if engine is None:
             return None
         dialect = engine.dialect
-        return cls(engine) if dialect.name == "postgresql" and dialect.driver == "psycopg" else None
+        if dialect.name == "postgresql" and dialect.driver == "psycopg":
+            return cls(engine)
+        if (
+            dialect.name == "sqlite"
+            and dialect.driver == "pysqlite"
+            and not isinstance(engine.pool, StaticPool)
+        ):
+            return cls(engine, begin="BEGIN IMMEDIATE")
+        return None
 
     @property
     def watched(self) -> bool:
@@ -137,9 +162,16 @@ class Direct:
         }
         given = {name: process for name, process in processors.items() if name in params}
         sql = str(done)
-        # (an IN list is rendered at execution, from its values: such a statement is not
-        # for here)
-        compiled = None if "POSTCOMPILE" in sql else _Compiled(sql, defaults, given)
+        order = tuple(done.positiontup or ()) if dialect.positional else None
+        # Not for here: an IN list (rendered at execution, from its values), and returned
+        # columns SQLAlchemy converts on the way out (SQLite's JSON and timestamps).
+        converted = any(
+            column.type.dialect_impl(dialect).result_processor(dialect, None) is not None
+            for column in done._result_columns
+        )
+        compiled = (
+            None if "POSTCOMPILE" in sql or converted else _Compiled(sql, defaults, given, order)
+        )
         self._compiled[key] = compiled
         self._statements.append(statement)
         return compiled
@@ -155,6 +187,9 @@ class Direct:
         values = {**compiled.defaults, **params}
         for name, process in compiled.processors.items():
             values[name] = process(values[name])
+        sent: Mapping[str, Any] | tuple[Any, ...] = values
+        if compiled.order is not None:
+            sent = tuple(values[name] for name in compiled.order)
         dialect = self.engine.dialect
         dbapi_error: type[Exception] = dialect.loaded_dbapi.Error
         try:
@@ -167,13 +202,19 @@ class Direct:
         try:
             cursor = connection.cursor()
             try:
-                cursor.execute(compiled.sql, values)
+                if self._begin is not None:
+                    cursor.execute(self._begin)
+                cursor.execute(compiled.sql, sent)
                 rows: list[Any] = []
                 if cursor.description is not None:
                     row = _row_type(tuple(column[0] for column in cursor.description))
                     rows = [row(*fields) for fields in cursor.fetchall()]
-                return Written(cursor.rowcount, rows)
+                written = Written(cursor.rowcount, rows)
+                if self._begin is not None:
+                    cursor.execute("COMMIT")
+                return written
             except dbapi_error as exc:
+                self._roll_back(connection)
                 lost = dialect.is_disconnect(exc, connection.dbapi_connection, cursor)  # type: ignore[arg-type]
                 if lost:  # as SQLAlchemy does: this one, and every older one of the pool
                     self.engine.pool._invalidate(connection, exc)
@@ -188,3 +229,10 @@ class Direct:
                 cursor.close()
         finally:
             connection.close()
+
+    def _roll_back(self, connection: Any) -> None:
+        """End the statement's failed transaction, if it began one (SQLite)."""
+        if self._begin is None or not connection.dbapi_connection.in_transaction:
+            return
+        with contextlib.suppress(Exception):  # (its own error is the one to raise)
+            connection.dbapi_connection.rollback()

@@ -288,7 +288,7 @@ class SagaStore(WaitStore):
             "p_kwargs": dict(kwargs),
         }
         attempt: int | None
-        if self._direct is not None:  # PostgreSQL: each its own statement, RETURNING
+        if self._direct is not None:  # on the driver: each its own statement, RETURNING
             if self._one("claim the step", self._claim_insert, params).rows:
                 attempt = 1
             else:

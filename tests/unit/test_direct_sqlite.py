@@ -1,0 +1,215 @@
+"""On a SQLite file the store's hot writes go to ``sqlite3`` past SQLAlchemy
+(``celery_saga.store._direct``), each in a ``BEGIN IMMEDIATE`` transaction of its own:
+the same rows, the same errors, and SQLAlchemy's path for what it converts."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import event
+
+from celery_saga.errors import SagaStoreError
+from celery_saga.plan import saga_row
+from celery_saga.status import SagaStatus, StepStatus
+from celery_saga.store import ClaimOutcome, Completion, SagaStore
+from celery_saga.store._direct import Direct
+from celery_saga.store._statements import CLAIM_COMPENSATION_RETURNING, COMPLETE_STEP
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "direct.sqlite3"
+
+
+@pytest.fixture
+def store(path: Path) -> Iterator[SagaStore]:
+    store = SagaStore(f"sqlite:///{path}")
+    store.ensure_schema()
+    yield store
+    store.dispose()
+
+
+class Calls:
+    """Counts what ``Direct.execute`` ran (and passes each call on)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.ran: list[str] = []
+        execute = Direct.execute
+
+        def counted(direct: Direct, statement: Any, params: Any) -> Any:
+            written = execute(direct, statement, params)
+            if written is not None:
+                self.ran.append(str(statement).split()[0])
+            return written
+
+        monkeypatch.setattr(Direct, "execute", counted)
+
+
+def _plan(steps: int) -> dict[str, Any]:
+    return {
+        "name": "direct",
+        "steps": [
+            {"index": i, "stage": i, "task": "shop.act", "compensate": "shop.undo"}
+            for i in range(steps)
+        ],
+    }
+
+
+def _new_saga(store: SagaStore, steps: int = 2) -> str:
+    saga_id = f"direct-{uuid.uuid4().hex}"
+    assert store.create_saga(saga_row(saga_id, _plan(steps), datetime.now(UTC))) is None
+    return saga_id
+
+
+def _claim(store: SagaStore, saga_id: str, index: int, token: str) -> Any:
+    return store.claim_step(
+        saga_id, index, token, [index], {"k": "v"}, 60.0,
+        stage=index, task="shop.act", compensate="shop.undo",
+    )  # fmt: skip
+
+
+def test_a_saga_run_through_the_store_goes_to_the_driver(
+    store: SagaStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Storing a 2-step saga, claiming its steps and recording the first run on the
+    driver (the last record, two statements in one transaction, through SQLAlchemy),
+    and leave the rows SQLAlchemy's path leaves."""
+    calls = Calls(monkeypatch)
+    saga_id = _new_saga(store)
+    for index in (0, 1):
+        claim = _claim(store, saga_id, index, f"t{index}")
+        assert claim.outcome is ClaimOutcome.CLAIMED
+        assert claim.attempt == 1
+        done = store.complete_step(saga_id, index, f"t{index}", {"n": index}, last=index == 1)
+        assert done is (Completion.COMPLETED if index == 1 else Completion.RECORDED)
+    assert calls.ran == ["INSERT", "INSERT", "UPDATE", "INSERT"]
+    saga = store.get_saga(saga_id)
+    assert saga is not None
+    assert saga.status is SagaStatus.COMPLETED
+    assert saga.plan == _plan(2)
+    steps = store.get_steps(saga_id)
+    assert [(s.status, s.args, s.kwargs, s.result, s.attempts) for s in steps] == [
+        (StepStatus.SUCCEEDED, [0], {"k": "v"}, {"n": 0}, 1),
+        (StepStatus.SUCCEEDED, [1], {"k": "v"}, {"n": 1}, 1),
+    ]
+    assert all(isinstance(s.started_at, datetime) for s in steps)
+
+
+def test_a_second_claim_and_a_stale_record_answer_as_before(store: SagaStore) -> None:
+    """A claim of a step someone holds is not granted, and a record by a token that
+    lost the step writes nothing: the RETURNING and row counts read off sqlite3."""
+    saga_id = _new_saga(store)
+    assert _claim(store, saga_id, 0, "owner").outcome is ClaimOutcome.CLAIMED
+    assert _claim(store, saga_id, 0, "other").outcome is ClaimOutcome.BUSY
+    assert store.complete_step(saga_id, 0, "other", 1, last=False) is Completion.LOST
+    assert store.complete_step(saga_id, 0, "owner", 1, last=False) is Completion.RECORDED
+
+
+def test_a_retried_step_is_claimed_by_its_update_with_the_attempt_returned(
+    store: SagaStore,
+) -> None:
+    """A step given back for a retry is claimed again by the UPDATE ... RETURNING on the
+    driver, which reads the attempt number back."""
+    saga_id = _new_saga(store)
+    assert _claim(store, saga_id, 0, "first").attempt == 1
+    store.release_step(saga_id, 0, "first", {"type": "E", "message": "again"}, None)
+    again = _claim(store, saga_id, 0, "second")
+    assert (again.outcome, again.attempt) == (ClaimOutcome.CLAIMED, 2)
+
+
+def test_returned_json_and_timestamps_are_left_to_sqlalchemy(store: SagaStore) -> None:
+    """A statement returning columns SQLAlchemy converts (SQLite keeps JSON and
+    timestamps as text) is not run directly; a plain record is."""
+    direct = Direct.of(store.engine)
+    assert direct is not None
+    params = {"p_saga": "x", "p_index": 0, "p_token": "t", "p_lease": None, "p_now": None}
+    assert direct.execute(CLAIM_COMPENSATION_RETURNING, params) is None
+    record = {"p_saga": "x", "p_index": 0, "p_token": "t", "p_result": "1", "p_now": None}
+    written = direct.execute(COMPLETE_STEP, record)
+    assert written is not None
+    assert written.rowcount == 0
+
+
+def test_a_taken_saga_id_rolls_back_and_the_connection_writes_again(store: SagaStore) -> None:
+    """A duplicate saga id is SQLAlchemy's IntegrityError off the driver (``create_saga``
+    returns the saga stored before), and its transaction is rolled back: the pooled
+    connection takes the next write."""
+    saga_id = _new_saga(store)
+    existing = store.create_saga(saga_row(saga_id, _plan(2), datetime.now(UTC)))
+    assert existing is not None
+    assert existing.id == saga_id
+    assert store.get_saga(_new_saga(store)) is not None
+
+
+def test_a_write_waits_for_another_connection_s_write_lock(store: SagaStore, path: Path) -> None:
+    """While another connection holds the write lock the write waits (``BEGIN IMMEDIATE``
+    under the busy timeout) and succeeds once it is let go, instead of failing."""
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    timer = threading.Timer(0.3, other.commit)
+    timer.start()
+    try:
+        saga_id = _new_saga(store)
+    finally:
+        timer.join()
+        other.close()
+    assert store.get_saga(saga_id) is not None
+
+
+def test_a_lock_held_past_the_busy_timeout_is_a_saga_store_error(
+    path: Path, store: SagaStore
+) -> None:
+    """A write that cannot get the write lock within the busy timeout raises
+    SagaStoreError naming what it could not do, and writes nothing."""
+    quick = SagaStore(f"sqlite:///{path}")
+
+    @event.listens_for(quick.engine, "connect")
+    def _short_wait(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.execute("PRAGMA busy_timeout = 50")
+
+    quick.ensure_schema()
+    saga_id = f"direct-{uuid.uuid4().hex}"
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(SagaStoreError, match=r"could not store the saga.*locked"):
+            quick.create_saga(saga_row(saga_id, _plan(2), datetime.now(UTC)))
+    finally:
+        other.rollback()
+        other.close()
+    assert quick.get_saga(saga_id) is None
+    assert quick.get_saga(_new_saga(quick)) is not None  # and the connection writes again
+    quick.dispose()
+
+
+def test_listeners_on_the_engine_see_every_statement(store: SagaStore) -> None:
+    """With a ``before_cursor_execute`` listener on the engine, the writes go through
+    SQLAlchemy, so that the listener sees each of them (its BEGIN IMMEDIATE too)."""
+    seen: list[str] = []
+
+    def listen(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        seen.append(statement.split()[0])
+
+    event.listen(store.engine, "before_cursor_execute", listen)
+    try:
+        saga_id = _new_saga(store, steps=1)
+        _claim(store, saga_id, 0, "t")
+    finally:
+        event.remove(store.engine, "before_cursor_execute", listen)
+    assert seen == ["BEGIN", "INSERT", "BEGIN", "INSERT"]
+
+
+def test_a_database_in_memory_keeps_sqlalchemy_s_path() -> None:
+    """An in-memory database (one connection its threads share) has no direct path."""
+    store = SagaStore("sqlite://")
+    try:
+        assert Direct.of(store.engine) is None
+    finally:
+        store.dispose()
