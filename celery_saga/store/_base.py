@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -135,6 +135,35 @@ class StoreBase:
         with self._write_one(doing) as connection:
             result = connection.execute(statement, params)
             return Written(result.rowcount, list(result.all()) if result.returns_rows else [])
+
+    def _in_turn(
+        self,
+        doing: str,
+        statements: Sequence[Executable],
+        params: Mapping[str, Any],
+        go_on: Callable[[Written], bool],
+    ) -> list[Written]:
+        """Statements in one transaction, each while the one before it said ``go_on``.
+
+        On the driver where it can (SQLite, see :mod:`._direct`), else through SQLAlchemy.
+        """
+        direct = self._direct
+        if direct is not None and not direct.watched:
+            self.ensure_schema()
+            with self._errors(doing):
+                done = direct.execute_in_turn(statements, params, go_on=go_on)
+            if done is not None:
+                return done
+        done = []
+        with self._write(doing) as connection:
+            for statement in statements:
+                result = connection.execute(statement, params)
+                done.append(
+                    Written(result.rowcount, list(result.all()) if result.returns_rows else [])
+                )
+                if not go_on(done[-1]):
+                    break
+        return done
 
     def _read_direct(
         self, doing: str, statement: Executable, params: Mapping[str, Any]

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import namedtuple
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -181,15 +181,27 @@ class Direct:
 
         None, running nothing, for a statement it cannot run (an ``IN`` list).
         """
-        compiled = self._compile(statement, params)
-        if compiled is None:
+        done = self.execute_in_turn((statement,), params)
+        return None if done is None else done[0]
+
+    def execute_in_turn(
+        self,
+        statements: Sequence[Executable],
+        params: Mapping[str, Any],
+        *,
+        go_on: Callable[[Written], bool] = lambda _: True,
+    ) -> list[Written] | None:
+        """Run statements one after another in one transaction, with the same parameters.
+
+        Each runs while the one before it said ``go_on``; what they wrote is committed
+        together. None, running nothing, if one of them cannot be run here, or for
+        several statements on an engine in autocommit (they would not be atomic).
+        """
+        if len(statements) > 1 and self._begin is None:
             return None
-        values = {**compiled.defaults, **params}
-        for name, process in compiled.processors.items():
-            values[name] = process(values[name])
-        sent: Mapping[str, Any] | tuple[Any, ...] = values
-        if compiled.order is not None:
-            sent = tuple(values[name] for name in compiled.order)
+        compiled = [self._compile(statement, params) for statement in statements]
+        if None in compiled:
+            return None
         dialect = self.engine.dialect
         dbapi_error: type[Exception] = dialect.loaded_dbapi.Error
         try:
@@ -201,27 +213,36 @@ class Direct:
             ) from exc
         try:
             cursor = connection.cursor()
+            sql, values = "", dict(params)  # (the statement an error names)
             try:
+                done: list[Written] = []
                 if self._begin is not None:
-                    cursor.execute(self._begin)
-                cursor.execute(compiled.sql, sent)
-                rows: list[Any] = []
-                if cursor.description is not None:
-                    row = _row_type(tuple(column[0] for column in cursor.description))
-                    rows = [row(*fields) for fields in cursor.fetchall()]
-                written = Written(cursor.rowcount, rows)
+                    sql = self._begin
+                    cursor.execute(sql)
+                for each in compiled:
+                    assert each is not None
+                    sql, values = each.sql, self._values(each, params)
+                    order = each.order
+                    cursor.execute(sql, values if order is None else [values[n] for n in order])
+                    rows: list[Any] = []
+                    if cursor.description is not None:
+                        row = _row_type(tuple(column[0] for column in cursor.description))
+                        rows = [row(*fields) for fields in cursor.fetchall()]
+                    done.append(Written(cursor.rowcount, rows))
+                    if not go_on(done[-1]):
+                        break
                 if self._begin is not None:
-                    cursor.execute("COMMIT")
-                return written
+                    sql = "COMMIT"
+                    cursor.execute(sql)
+                return done
             except dbapi_error as exc:
                 self._roll_back(connection)
                 lost = dialect.is_disconnect(exc, connection.dbapi_connection, cursor)  # type: ignore[arg-type]
                 if lost:  # as SQLAlchemy does: this one, and every older one of the pool
                     self.engine.pool._invalidate(connection, exc)
                 raise DBAPIError.instance(
-                    compiled.sql, values, exc, dbapi_error,
-                    connection_invalidated=lost, dialect=dialect,
-                ) from exc  # fmt: skip
+                    sql, values, exc, dbapi_error, connection_invalidated=lost, dialect=dialect
+                ) from exc
             except BaseException as exc:  # interrupted mid-statement: not fit to reuse
                 connection.invalidate(exc if isinstance(exc, Exception) else None)
                 raise
@@ -229,6 +250,14 @@ class Direct:
                 cursor.close()
         finally:
             connection.close()
+
+    @staticmethod
+    def _values(compiled: _Compiled, params: Mapping[str, Any]) -> dict[str, Any]:
+        """The statement's parameters as the driver takes them (bind processors applied)."""
+        values = {**compiled.defaults, **params}
+        for name, process in compiled.processors.items():
+            values[name] = process(values[name])
+        return values
 
     def _roll_back(self, connection: Any) -> None:
         """End the statement's failed transaction, if it began one (SQLite)."""

@@ -359,13 +359,15 @@ class SagaStore(WaitStore):
         if self.engine.dialect.name == "postgresql":
             (counts,) = self._one("record the step's result", COMPLETE_LAST_STEP_PG, params).rows
             steps, completed = int(counts[0]), int(counts[1])
-        else:
-            with self._write("record the step's result") as connection:
-                steps = connection.execute(COMPLETE_STEP, params).rowcount
-                if steps != 1:
-                    connection.rollback()
-                    return Completion.LOST
-                completed = connection.execute(COMPLETE_SAGA, params).rowcount
+        else:  # the saga's completion only if the record was the owner's (else nothing)
+            done = self._in_turn(
+                "record the step's result",
+                (COMPLETE_STEP, COMPLETE_SAGA),
+                params,
+                go_on=lambda recorded: recorded.rowcount == 1,
+            )
+            steps = done[0].rowcount
+            completed = done[1].rowcount if len(done) > 1 else 0
         if steps != 1:
             return Completion.LOST
         return Completion.COMPLETED if completed == 1 else Completion.HALTED

@@ -37,19 +37,19 @@ def store(path: Path) -> Iterator[SagaStore]:
 
 
 class Calls:
-    """Counts what ``Direct.execute`` ran (and passes each call on)."""
+    """Counts the statements the driver path ran (and passes each call on)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.ran: list[str] = []
-        execute = Direct.execute
+        execute = Direct.execute_in_turn
 
-        def counted(direct: Direct, statement: Any, params: Any) -> Any:
-            written = execute(direct, statement, params)
-            if written is not None:
-                self.ran.append(str(statement).split()[0])
-            return written
+        def counted(direct: Direct, statements: Any, params: Any, **options: Any) -> Any:
+            done = execute(direct, statements, params, **options)
+            if done is not None:
+                self.ran += [str(statement).split()[0] for statement in statements[: len(done)]]
+            return done
 
-        monkeypatch.setattr(Direct, "execute", counted)
+        monkeypatch.setattr(Direct, "execute_in_turn", counted)
 
 
 def _plan(steps: int) -> dict[str, Any]:
@@ -78,9 +78,9 @@ def _claim(store: SagaStore, saga_id: str, index: int, token: str) -> Any:
 def test_a_saga_run_through_the_store_goes_to_the_driver(
     store: SagaStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Storing a 2-step saga, claiming its steps and recording the first run on the
-    driver (the last record, two statements in one transaction, through SQLAlchemy),
-    and leave the rows SQLAlchemy's path leaves."""
+    """Storing a 2-step saga, claiming its steps and recording them run on the driver
+    (the last record and the saga's completion in one transaction), and leave the rows
+    SQLAlchemy's path leaves."""
     calls = Calls(monkeypatch)
     saga_id = _new_saga(store)
     for index in (0, 1):
@@ -89,7 +89,7 @@ def test_a_saga_run_through_the_store_goes_to_the_driver(
         assert claim.attempt == 1
         done = store.complete_step(saga_id, index, f"t{index}", {"n": index}, last=index == 1)
         assert done is (Completion.COMPLETED if index == 1 else Completion.RECORDED)
-    assert calls.ran == ["INSERT", "INSERT", "UPDATE", "INSERT"]
+    assert calls.ran == ["INSERT", "INSERT", "UPDATE", "INSERT", "UPDATE", "UPDATE"]
     saga = store.get_saga(saga_id)
     assert saga is not None
     assert saga.status is SagaStatus.COMPLETED
@@ -122,6 +122,18 @@ def test_a_retried_step_is_claimed_by_its_update_with_the_attempt_returned(
     store.release_step(saga_id, 0, "first", {"type": "E", "message": "again"}, None)
     again = _claim(store, saga_id, 0, "second")
     assert (again.outcome, again.attempt) == (ClaimOutcome.CLAIMED, 2)
+
+
+def test_a_stale_last_record_completes_nothing(store: SagaStore) -> None:
+    """The last step recorded by a token that lost it writes nothing and leaves the
+    saga running: the completion is not run after a record that matched no row."""
+    saga_id = _new_saga(store, steps=1)
+    _claim(store, saga_id, 0, "owner")
+    assert store.complete_step(saga_id, 0, "other", 1, last=True) is Completion.LOST
+    saga = store.get_saga(saga_id)
+    assert saga is not None
+    assert saga.status is SagaStatus.RUNNING
+    assert store.complete_step(saga_id, 0, "owner", 1, last=True) is Completion.COMPLETED
 
 
 def test_returned_json_and_timestamps_are_left_to_sqlalchemy(store: SagaStore) -> None:
