@@ -181,15 +181,15 @@ class Direct:
 
         None, running nothing, for a statement it cannot run (an ``IN`` list).
         """
-        done = self.execute_in_turn((statement,), params)
-        return None if done is None else done[0]
+        compiled = self._compile(statement, params)
+        return None if compiled is None else self._execute((compiled,), params, None)[0]
 
     def execute_in_turn(
         self,
         statements: Sequence[Executable],
         params: Mapping[str, Any],
         *,
-        go_on: Callable[[Written], bool] = lambda _: True,
+        go_on: Callable[[Written], bool] | None = None,
     ) -> list[Written] | None:
         """Run statements one after another in one transaction, with the same parameters.
 
@@ -199,9 +199,21 @@ class Direct:
         """
         if len(statements) > 1 and self._begin is None:
             return None
-        compiled = [self._compile(statement, params) for statement in statements]
-        if None in compiled:
-            return None
+        compiled = []
+        for statement in statements:
+            each = self._compile(statement, params)
+            if each is None:
+                return None
+            compiled.append(each)
+        return self._execute(compiled, params, go_on)
+
+    def _execute(
+        self,
+        compiled: Sequence[_Compiled],
+        params: Mapping[str, Any],
+        go_on: Callable[[Written], bool] | None,
+    ) -> list[Written]:
+        """The compiled statements on one pooled connection, in its transaction if any."""
         dialect = self.engine.dialect
         dbapi_error: type[Exception] = dialect.loaded_dbapi.Error
         try:
@@ -213,14 +225,13 @@ class Direct:
             ) from exc
         try:
             cursor = connection.cursor()
-            sql, values = "", dict(params)  # (the statement an error names)
+            sql, values = "", params  # (the statement an error names, and its values)
             try:
                 done: list[Written] = []
                 if self._begin is not None:
                     sql = self._begin
                     cursor.execute(sql)
                 for each in compiled:
-                    assert each is not None
                     sql, values = each.sql, self._values(each, params)
                     order = each.order
                     cursor.execute(sql, values if order is None else [values[n] for n in order])
@@ -229,7 +240,7 @@ class Direct:
                         row = _row_type(tuple(column[0] for column in cursor.description))
                         rows = [row(*fields) for fields in cursor.fetchall()]
                     done.append(Written(cursor.rowcount, rows))
-                    if not go_on(done[-1]):
+                    if go_on is not None and not go_on(done[-1]):
                         break
                 if self._begin is not None:
                     sql = "COMMIT"

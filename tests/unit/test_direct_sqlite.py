@@ -41,15 +41,14 @@ class Calls:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.ran: list[str] = []
-        execute = Direct.execute_in_turn
+        execute = Direct._execute
 
-        def counted(direct: Direct, statements: Any, params: Any, **options: Any) -> Any:
-            done = execute(direct, statements, params, **options)
-            if done is not None:
-                self.ran += [str(statement).split()[0] for statement in statements[: len(done)]]
+        def counted(direct: Direct, compiled: Any, *args: Any) -> Any:
+            done = execute(direct, compiled, *args)
+            self.ran += [each.sql.split()[0] for each in compiled[: len(done)]]
             return done
 
-        monkeypatch.setattr(Direct, "execute_in_turn", counted)
+        monkeypatch.setattr(Direct, "_execute", counted)
 
 
 def _plan(steps: int) -> dict[str, Any]:
