@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from datetime import timedelta
 from importlib import metadata
 from pathlib import Path
 
 import pytest
-from celery import Celery
+from celery import Celery, current_app
 from celery.schedules import crontab, maybe_schedule
+from celery.signals import worker_process_init
 
 import celery_saga
-from celery_saga import SagaConfig, SagaConfigurationError
+from celery_saga import SagaConfig, SagaConfigurationError, _runtime
 
 
 def _beat(app: Celery) -> dict[str, dict[str, object]]:
@@ -124,3 +126,28 @@ def test_this_environment_has_only_this_distribution() -> None:
         and not (d.metadata["Summary"] or "").startswith("Sagas for Celery")
         for d in metadata.distributions(path=sys.path)
     )
+
+
+def test_a_worker_process_makes_its_store_when_it_starts(tmp_path: Path) -> None:
+    """A prefork child's start (``worker_process_init``) makes the app's store, without
+    connecting; a store URL it cannot use raises nothing there."""
+    previous = current_app._get_current_object()  # type: ignore[attr-defined]
+    app = Celery("process-init", set_as_current=False)
+    app.conf.saga_store_url = f"sqlite:///{tmp_path / 'init.sqlite3'}"
+    celery_saga.install(app)
+    app.set_current()
+    try:
+        assert _runtime._cached(app) is None
+        worker_process_init.send(sender=None)
+        entry = _runtime._cached(app)
+        assert entry is not None
+        pid, store = entry
+        assert pid == os.getpid()
+        assert store.engine.pool.checkedin() == 0  # nothing connected yet
+        _runtime.reset(app)
+        app.conf.saga_store_url = "nosuchdb://"
+        worker_process_init.send(sender=None)
+        assert _runtime._cached(app) is None
+    finally:
+        _runtime.reset(app)
+        previous.set_current()
