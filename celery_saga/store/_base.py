@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, CursorResult, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.sql.expression import Executable
 
@@ -19,6 +19,11 @@ from .engine import READ_ONLY, make_engine
 __all__ = ["StoreBase"]
 
 T = TypeVar("T")
+
+
+def _written(result: CursorResult[Any]) -> Written:
+    """What a write through SQLAlchemy did, as the driver path reports it."""
+    return Written(result.rowcount, list(result.all()) if result.returns_rows else [])
 
 
 class StoreBase:
@@ -122,8 +127,8 @@ class StoreBase:
     def _one(self, doing: str, statement: Executable, params: Mapping[str, Any]) -> Written:
         """Run a write that is one statement (in autocommit where the server allows).
 
-        On PostgreSQL with psycopg it goes to the driver directly (:mod:`._direct`),
-        unless something listens to the engine's statements.
+        On PostgreSQL with psycopg, and on a SQLite file, it goes to the driver directly
+        (:mod:`._direct`), unless something listens to the engine's statements.
         """
         direct = self._direct
         if direct is not None and not direct.watched:
@@ -133,8 +138,7 @@ class StoreBase:
             if written is not None:
                 return written
         with self._write_one(doing) as connection:
-            result = connection.execute(statement, params)
-            return Written(result.rowcount, list(result.all()) if result.returns_rows else [])
+            return _written(connection.execute(statement, params))
 
     def _in_turn(
         self,
@@ -157,10 +161,7 @@ class StoreBase:
         done = []
         with self._write(doing) as connection:
             for statement in statements:
-                result = connection.execute(statement, params)
-                done.append(
-                    Written(result.rowcount, list(result.all()) if result.returns_rows else [])
-                )
+                done.append(_written(connection.execute(statement, params)))
                 if not go_on(done[-1]):
                     break
         return done
@@ -182,7 +183,7 @@ class StoreBase:
         levels = {
             getattr(engine.dialect, "default_isolation_level", None) for engine in self.engines
         }
-        if "READ COMMITTED" not in levels:
+        if "READ COMMITTED" not in levels:  # (SQLite: SERIALIZABLE; its reads keep theirs)
             return None
         return self._again_if_stale(doing, lambda: direct.execute(statement, params))
 

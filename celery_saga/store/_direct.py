@@ -1,4 +1,4 @@
-"""The store's hot single-statement writes, handed straight to the driver.
+"""The store's hot writes, handed straight to the driver.
 
 A saga step makes two writes (its claim and its record) and each costs the worker CPU:
 through SQLAlchemy's ``Connection.execute`` about 0.30 ms for a claim on this project's
@@ -15,8 +15,10 @@ Two drivers: psycopg 3 on PostgreSQL, where each statement runs in autocommit (t
 engine's), and Python's ``sqlite3`` on a SQLite file, where each runs in a ``BEGIN
 IMMEDIATE`` transaction of its own, as the engine's ``begin`` event makes SQLAlchemy's
 (a write that reads first takes the write lock up front, and waits for it under the
-``busy_timeout``). A statement whose returned columns SQLAlchemy would convert (SQLite
-hands back JSON and timestamps as text) is left to SQLAlchemy.
+``busy_timeout``); there a few statements may also run in one such transaction
+(:meth:`Direct.execute_in_turn`). A statement whose returned columns SQLAlchemy would
+convert (SQLite hands back JSON and timestamps as text) is left to SQLAlchemy, and so is
+a SQLite without ``RETURNING`` (before 3.35), whose claims read their rows back.
 
 Whenever anything listens to the engine's statements (``before_cursor_execute`` or
 ``after_cursor_execute``: a tracing instrumentation, a test counting statements), every
@@ -34,7 +36,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, InvalidRequestError
-from sqlalchemy.pool import StaticPool
+from sqlalchemy.pool import SingletonThreadPool, StaticPool
 from sqlalchemy.sql.expression import Executable
 
 __all__ = ["Direct", "Written"]
@@ -85,10 +87,10 @@ class Direct:
 
     Only for ``postgresql+psycopg`` and a SQLite file through ``sqlite3`` (see
     :meth:`of`). On PostgreSQL the engine should be in autocommit: each statement is
-    atomic by itself, and nothing here begins or ends a transaction; on SQLite each
-    statement is a ``BEGIN IMMEDIATE`` ... ``COMMIT`` of its own. The statements are
-    module constants with bind parameters (compiled once each, by identity and the
-    names of the parameters given).
+    atomic by itself, and nothing here begins or ends a transaction; on SQLite each call
+    is a ``BEGIN IMMEDIATE`` ... ``COMMIT`` of its own. The statements are module
+    constants with bind parameters (compiled once each, by identity and the names of
+    the parameters given).
     """
 
     def __init__(self, engine: Engine, *, begin: str | None = None) -> None:
@@ -101,8 +103,9 @@ class Direct:
     def of(cls, engine: Engine | None) -> Direct | None:
         """A ``Direct`` for PostgreSQL through psycopg 3 or a SQLite file, else None.
 
-        (A SQLite database in memory is one connection that the engine's threads share
-        through a ``StaticPool``: its transactions are SQLAlchemy's to keep apart.)
+        (A SQLite database in memory is one connection that the engine's threads share,
+        or one per thread of a shared cache: their transactions are SQLAlchemy's to keep
+        apart. A SQLite without ``RETURNING`` keeps SQLAlchemy's path for its claims.)
         """
         if engine is None:
             return None
@@ -112,7 +115,9 @@ class Direct:
         if (
             dialect.name == "sqlite"
             and dialect.driver == "pysqlite"
-            and not isinstance(engine.pool, StaticPool)
+            and dialect.insert_returning
+            and dialect.update_returning
+            and not isinstance(engine.pool, (StaticPool, SingletonThreadPool))
         ):
             return cls(engine, begin="BEGIN IMMEDIATE")
         return None
@@ -179,7 +184,8 @@ class Direct:
     def execute(self, statement: Executable, params: Mapping[str, Any]) -> Written | None:
         """Run one statement; raises what ``Connection.execute`` would raise for it.
 
-        None, running nothing, for a statement it cannot run (an ``IN`` list).
+        None, running nothing, for a statement it cannot run (an ``IN`` list, returned
+        columns SQLAlchemy converts).
         """
         compiled = self._compile(statement, params)
         return None if compiled is None else self._execute((compiled,), params, None)[0]
@@ -214,6 +220,8 @@ class Direct:
         go_on: Callable[[Written], bool] | None,
     ) -> list[Written]:
         """The compiled statements on one pooled connection, in its transaction if any."""
+        # (the parameters first: a bind processor's error is raised before anything is sent)
+        prepared = [(each, self._values(each, params)) for each in compiled]
         dialect = self.engine.dialect
         dbapi_error: type[Exception] = dialect.loaded_dbapi.Error
         try:
@@ -225,15 +233,15 @@ class Direct:
             ) from exc
         try:
             cursor = connection.cursor()
-            sql, values = "", params  # (the statement an error names, and its values)
+            sql = ""  # (the statement an error names, and its values)
+            values: dict[str, Any] = {}
             try:
                 done: list[Written] = []
                 if self._begin is not None:
                     sql = self._begin
                     cursor.execute(sql)
-                for each in compiled:
-                    sql, values = each.sql, self._values(each, params)
-                    order = each.order
+                for each, values in prepared:
+                    sql, order = each.sql, each.order
                     cursor.execute(sql, values if order is None else [values[n] for n in order])
                     rows: list[Any] = []
                     if cursor.description is not None:
@@ -243,7 +251,7 @@ class Direct:
                     if go_on is not None and not go_on(done[-1]):
                         break
                 if self._begin is not None:
-                    sql = "COMMIT"
+                    sql, values = "COMMIT", {}
                     cursor.execute(sql)
                 return done
             except dbapi_error as exc:
@@ -258,7 +266,8 @@ class Direct:
                 connection.invalidate(exc if isinstance(exc, Exception) else None)
                 raise
             finally:
-                cursor.close()
+                with contextlib.suppress(dbapi_error):  # (sqlite3's, once it is invalidated)
+                    cursor.close()
         finally:
             connection.close()
 

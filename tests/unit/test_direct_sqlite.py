@@ -20,7 +20,11 @@ from celery_saga.plan import saga_row
 from celery_saga.status import SagaStatus, StepStatus
 from celery_saga.store import ClaimOutcome, Completion, SagaStore
 from celery_saga.store._direct import Direct
-from celery_saga.store._statements import CLAIM_COMPENSATION_RETURNING, COMPLETE_STEP
+from celery_saga.store._statements import (
+    CLAIM_COMPENSATION_RETURNING,
+    COMPLETE_SAGA,
+    COMPLETE_STEP,
+)
 
 
 @pytest.fixture
@@ -224,3 +228,52 @@ def test_a_database_in_memory_keeps_sqlalchemy_s_path() -> None:
         assert Direct.of(store.engine) is None
     finally:
         store.dispose()
+
+
+def test_a_parameter_that_cannot_be_encoded_raises_before_anything_is_sent(
+    store: SagaStore,
+) -> None:
+    """A bind processor's error (a value JSON cannot encode) is raised as itself, with
+    nothing sent and the pool's connection kept for the next write."""
+    direct = Direct.of(store.engine)
+    assert direct is not None
+    record = {"p_saga": "x", "p_index": 0, "p_token": "t", "p_result": object(), "p_now": None}
+    with pytest.raises(TypeError):
+        direct.execute(COMPLETE_STEP, record)
+    assert store.get_saga(_new_saga(store)) is not None
+
+
+def test_an_interrupted_write_rolls_back_and_raises_the_interruption(store: SagaStore) -> None:
+    """An interruption between two statements of one transaction (a signal, a soft time
+    limit) is raised as itself; what the first wrote is rolled back."""
+    direct = Direct.of(store.engine)
+    assert direct is not None
+    saga_id = _new_saga(store, steps=1)
+    _claim(store, saga_id, 0, "t")
+    params = {"p_saga": saga_id, "p_index": 0, "p_token": "t", "p_result": "1", "p_now": None}
+
+    def interrupt(_written: Any) -> bool:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        direct.execute_in_turn((COMPLETE_STEP, COMPLETE_SAGA), params, go_on=interrupt)
+    assert store.get_steps(saga_id)[0].status is StepStatus.RUNNING
+    assert store.complete_step(saga_id, 0, "t", 1, last=True) is Completion.COMPLETED
+
+
+def test_a_sqlite_without_returning_keeps_sqlalchemy_s_path(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a SQLite older than 3.35 (no RETURNING) the writes stay on SQLAlchemy's path,
+    and a step's first claim is granted."""
+    for module in (sqlite3, sqlite3.dbapi2):
+        monkeypatch.setattr(module, "sqlite_version_info", (3, 31, 1))
+    old = SagaStore(f"sqlite:///{path}")
+    try:
+        assert not old.engine.dialect.insert_returning
+        assert Direct.of(old.engine) is None
+        saga_id = _new_saga(old, steps=1)
+        claim = _claim(old, saga_id, 0, "t")
+        assert (claim.outcome, claim.attempt) == (ClaimOutcome.CLAIMED, 1)
+    finally:
+        old.dispose()
