@@ -4,7 +4,6 @@ whenever something listens to the engine's statements."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -24,6 +23,7 @@ from celery_saga.store._direct import Direct
 from celery_saga.store.schema import sagas
 from tests.support.envs import SagaEnv, thread_env
 from tests.support.proxy import TcpProxy
+from tests.support.store_rows import Calls, claim_step, new_saga, plan
 from tests.unit.test_costs import run
 
 pytestmark = pytest.mark.postgres
@@ -35,22 +35,6 @@ def store(postgres_url: str) -> Iterator[SagaStore]:
     store.ensure_schema()
     yield store
     store.dispose()
-
-
-class Calls:
-    """Counts what ``Direct.execute`` ran (and passes each call on)."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.ran: list[str] = []
-        execute = Direct.execute
-
-        def counted(direct: Direct, statement: Any, params: Any) -> Any:
-            written = execute(direct, statement, params)
-            if written is not None:
-                self.ran.append(str(statement).split()[0])
-            return written
-
-        monkeypatch.setattr(Direct, "execute", counted)
 
 
 @pytest.fixture(scope="module")
@@ -70,38 +54,15 @@ def _drop_pooled(store: SagaStore, count: int = 1) -> None:
             connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
 
 
-def _plan(steps: int) -> dict[str, Any]:
-    return {
-        "name": "direct",
-        "steps": [
-            {"index": i, "stage": i, "task": "shop.act", "compensate": "shop.undo"}
-            for i in range(steps)
-        ],
-    }
-
-
-def _new_saga(store: SagaStore, steps: int = 2) -> str:
-    saga_id = f"direct-{uuid.uuid4().hex}"
-    assert store.create_saga(saga_row(saga_id, _plan(steps), datetime.now(UTC))) is None
-    return saga_id
-
-
-def _claim(store: SagaStore, saga_id: str, index: int, token: str) -> Any:
-    return store.claim_step(
-        saga_id, index, token, [index], {"k": "v"}, 60.0,
-        stage=index, task="shop.act", compensate="shop.undo",
-    )  # fmt: skip
-
-
 def test_a_saga_run_through_the_store_goes_to_the_driver(
     store: SagaStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Storing, claiming and recording a 2-step saga runs each write on the driver,
     and leaves the rows SQLAlchemy's path leaves."""
     calls = Calls(monkeypatch)
-    saga_id = _new_saga(store)
+    saga_id = new_saga(store)
     for index in (0, 1):
-        claim = _claim(store, saga_id, index, f"t{index}")
+        claim = claim_step(store, saga_id, index, f"t{index}")
         assert claim.outcome is ClaimOutcome.CLAIMED
         assert claim.attempt == 1
         done = store.complete_step(saga_id, index, f"t{index}", {"n": index}, last=index == 1)
@@ -110,7 +71,7 @@ def test_a_saga_run_through_the_store_goes_to_the_driver(
     saga = store.get_saga(saga_id)
     assert saga is not None
     assert saga.status is SagaStatus.COMPLETED
-    assert saga.plan == _plan(2)
+    assert saga.plan == plan(2)
     steps = store.get_steps(saga_id)
     assert [(s.status, s.args, s.kwargs, s.result) for s in steps] == [
         (StepStatus.SUCCEEDED, [0], {"k": "v"}, {"n": 0}),
@@ -121,9 +82,9 @@ def test_a_saga_run_through_the_store_goes_to_the_driver(
 def test_a_second_claim_and_a_stale_record_answer_as_before(store: SagaStore) -> None:
     """A claim of a step someone holds is not granted, and a record by a token that
     lost the step writes nothing: the RETURNING and row counts read off the driver."""
-    saga_id = _new_saga(store)
-    assert _claim(store, saga_id, 0, "owner").outcome is ClaimOutcome.CLAIMED
-    assert _claim(store, saga_id, 0, "other").outcome is ClaimOutcome.BUSY
+    saga_id = new_saga(store)
+    assert claim_step(store, saga_id, 0, "owner").outcome is ClaimOutcome.CLAIMED
+    assert claim_step(store, saga_id, 0, "other").outcome is ClaimOutcome.BUSY
     assert store.complete_step(saga_id, 0, "other", 1, last=False) is Completion.LOST
     assert store.complete_step(saga_id, 0, "owner", 1, last=False) is Completion.RECORDED
 
@@ -133,10 +94,10 @@ def test_the_failure_path_returns_the_plan_and_claims_compensations_on_the_drive
 ) -> None:
     """A failure's one statement returns the stored plan; a compensation is claimed
     with the step's row returned, recorded, and the saga ended, each on the driver."""
-    saga_id = _new_saga(store)
-    _claim(store, saga_id, 0, "a")
+    saga_id = new_saga(store)
+    claim_step(store, saga_id, 0, "a")
     store.complete_step(saga_id, 0, "a", "r0", last=False)
-    _claim(store, saga_id, 1, "b")
+    claim_step(store, saga_id, 1, "b")
     calls = Calls(monkeypatch)
     error = {"type": "RuntimeError", "message": "boom", "traceback": ""}
     failed = store.fail_step(
@@ -145,7 +106,7 @@ def test_the_failure_path_returns_the_plan_and_claims_compensations_on_the_drive
     )  # fmt: skip
     assert failed.recorded
     assert failed.moved
-    assert failed.plan == _plan(2)
+    assert failed.plan == plan(2)
     claim = store.claim_compensation(saga_id, 0, "c", 60.0)
     assert claim.outcome is ClaimOutcome.CLAIMED
     assert claim.step is not None
@@ -172,8 +133,8 @@ def test_listeners_on_the_engine_see_every_statement(store: SagaStore) -> None:
     for engine in engines:
         event.listen(engine, "before_cursor_execute", listen)
     try:
-        saga_id = _new_saga(store, steps=1)
-        _claim(store, saga_id, 0, "t")
+        saga_id = new_saga(store, steps=1)
+        claim_step(store, saga_id, 0, "t")
         store.complete_step(saga_id, 0, "t", 1, last=True)
     finally:
         for engine in engines:
@@ -184,8 +145,8 @@ def test_listeners_on_the_engine_see_every_statement(store: SagaStore) -> None:
 def test_a_taken_saga_id_raises_as_sqlalchemy_does(store: SagaStore) -> None:
     """A duplicate saga id is SQLAlchemy's IntegrityError off the driver, which
     ``create_saga`` turns into the saga stored before."""
-    saga_id = _new_saga(store)
-    existing = store.create_saga(saga_row(saga_id, _plan(2), datetime.now(UTC)))
+    saga_id = new_saga(store)
+    existing = store.create_saga(saga_row(saga_id, plan(2), datetime.now(UTC)))
     assert existing is not None
     assert existing.id == saga_id
 
@@ -207,7 +168,7 @@ def test_an_unreachable_server_is_a_saga_store_error_naming_it(postgres_url: str
         store.ensure_schema()
         proxy.cut()
         with pytest.raises(SagaStoreError, match="cannot be reached"):
-            _new_saga(store)
+            new_saga(store)
         store.dispose()
 
 
@@ -216,11 +177,11 @@ def test_a_dropped_connection_is_invalidated_and_the_next_write_reconnects(
 ) -> None:
     """A pooled connection the server dropped fails its write with SagaStoreError and
     leaves the pool; the next write gets a fresh connection and succeeds."""
-    _new_saga(store)  # the autocommit engine's pool holds one connection now
+    new_saga(store)  # the autocommit engine's pool holds one connection now
     _drop_pooled(store)
     with pytest.raises(SagaStoreError, match="could not store the saga"):
-        _new_saga(store)
-    saga_id = _new_saga(store)
+        new_saga(store)
+    saga_id = new_saga(store)
     assert store.get_saga(saga_id) is not None
 
 
@@ -260,7 +221,7 @@ def test_a_whole_saga_sends_every_statement_on_the_driver(
 def test_a_read_that_meets_a_dropped_connection_is_run_again(store: SagaStore) -> None:
     """``load_saga`` on the driver, meeting a pooled connection the server dropped,
     reads again on a fresh one: the caller sees the saga, not an error."""
-    saga_id = _new_saga(store)
+    saga_id = new_saga(store)
     _drop_pooled(store)
     loaded = store.load_saga(saga_id)
     assert loaded is not None
@@ -272,7 +233,7 @@ def test_a_store_that_creates_no_tables_loads_a_saga_before_its_first_read(
 ) -> None:
     """With ``create_tables=False`` (nothing connects first), the first ``load_saga``
     reads the saga: on SQLAlchemy's path until the server's isolation level is known."""
-    saga_id = _new_saga(store)
+    saga_id = new_saga(store)
     fresh = SagaStore(postgres_url, create_tables=False)
     try:
         for _ in range(2):  # the first before any connection, the second on the driver
@@ -289,15 +250,15 @@ def test_a_dropped_server_invalidates_every_pooled_connection(store: SagaStore) 
     invalidated, not only the connection that met the error)."""
     _drop_pooled(store, count=3)  # three pooled connections, all dropped
     with pytest.raises(SagaStoreError):
-        _new_saga(store)
+        new_saga(store)
     for _ in range(3):
-        assert store.get_saga(_new_saga(store)) is not None
+        assert store.get_saga(new_saga(store)) is not None
 
 
 def test_none_in_a_json_column_is_stored_as_sqlalchemy_stores_it(store: SagaStore) -> None:
     """A step result of None is JSON ``null`` on the driver path, as through SQLAlchemy."""
-    saga_id = _new_saga(store)
-    _claim(store, saga_id, 0, "t")
+    saga_id = new_saga(store)
+    claim_step(store, saga_id, 0, "t")
     store.complete_step(saga_id, 0, "t", None, last=False)
     with store.engine.connect() as connection:
         kind = connection.execute(

@@ -25,6 +25,7 @@ from celery_saga.store._statements import (
     COMPLETE_SAGA,
     COMPLETE_STEP,
 )
+from tests.support.store_rows import Calls, claim_step, new_saga, plan
 
 
 @pytest.fixture
@@ -40,44 +41,6 @@ def store(path: Path) -> Iterator[SagaStore]:
     store.dispose()
 
 
-class Calls:
-    """Counts the statements the driver path ran (and passes each call on)."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.ran: list[str] = []
-        execute = Direct._execute
-
-        def counted(direct: Direct, compiled: Any, *args: Any) -> Any:
-            done = execute(direct, compiled, *args)
-            self.ran += [each.sql.split()[0] for each in compiled[: len(done)]]
-            return done
-
-        monkeypatch.setattr(Direct, "_execute", counted)
-
-
-def _plan(steps: int) -> dict[str, Any]:
-    return {
-        "name": "direct",
-        "steps": [
-            {"index": i, "stage": i, "task": "shop.act", "compensate": "shop.undo"}
-            for i in range(steps)
-        ],
-    }
-
-
-def _new_saga(store: SagaStore, steps: int = 2) -> str:
-    saga_id = f"direct-{uuid.uuid4().hex}"
-    assert store.create_saga(saga_row(saga_id, _plan(steps), datetime.now(UTC))) is None
-    return saga_id
-
-
-def _claim(store: SagaStore, saga_id: str, index: int, token: str) -> Any:
-    return store.claim_step(
-        saga_id, index, token, [index], {"k": "v"}, 60.0,
-        stage=index, task="shop.act", compensate="shop.undo",
-    )  # fmt: skip
-
-
 def test_a_saga_run_through_the_store_goes_to_the_driver(
     store: SagaStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -85,9 +48,9 @@ def test_a_saga_run_through_the_store_goes_to_the_driver(
     (the last record and the saga's completion in one transaction), and leave the rows
     SQLAlchemy's path leaves."""
     calls = Calls(monkeypatch)
-    saga_id = _new_saga(store)
+    saga_id = new_saga(store)
     for index in (0, 1):
-        claim = _claim(store, saga_id, index, f"t{index}")
+        claim = claim_step(store, saga_id, index, f"t{index}")
         assert claim.outcome is ClaimOutcome.CLAIMED
         assert claim.attempt == 1
         done = store.complete_step(saga_id, index, f"t{index}", {"n": index}, last=index == 1)
@@ -96,7 +59,7 @@ def test_a_saga_run_through_the_store_goes_to_the_driver(
     saga = store.get_saga(saga_id)
     assert saga is not None
     assert saga.status is SagaStatus.COMPLETED
-    assert saga.plan == _plan(2)
+    assert saga.plan == plan(2)
     steps = store.get_steps(saga_id)
     assert [(s.status, s.args, s.kwargs, s.result, s.attempts) for s in steps] == [
         (StepStatus.SUCCEEDED, [0], {"k": "v"}, {"n": 0}, 1),
@@ -108,9 +71,9 @@ def test_a_saga_run_through_the_store_goes_to_the_driver(
 def test_a_second_claim_and_a_stale_record_answer_as_before(store: SagaStore) -> None:
     """A claim of a step someone holds is not granted, and a record by a token that
     lost the step writes nothing: the RETURNING and row counts read off sqlite3."""
-    saga_id = _new_saga(store)
-    assert _claim(store, saga_id, 0, "owner").outcome is ClaimOutcome.CLAIMED
-    assert _claim(store, saga_id, 0, "other").outcome is ClaimOutcome.BUSY
+    saga_id = new_saga(store)
+    assert claim_step(store, saga_id, 0, "owner").outcome is ClaimOutcome.CLAIMED
+    assert claim_step(store, saga_id, 0, "other").outcome is ClaimOutcome.BUSY
     assert store.complete_step(saga_id, 0, "other", 1, last=False) is Completion.LOST
     assert store.complete_step(saga_id, 0, "owner", 1, last=False) is Completion.RECORDED
 
@@ -120,18 +83,18 @@ def test_a_retried_step_is_claimed_by_its_update_with_the_attempt_returned(
 ) -> None:
     """A step given back for a retry is claimed again by the UPDATE ... RETURNING on the
     driver, which reads the attempt number back."""
-    saga_id = _new_saga(store)
-    assert _claim(store, saga_id, 0, "first").attempt == 1
+    saga_id = new_saga(store)
+    assert claim_step(store, saga_id, 0, "first").attempt == 1
     store.release_step(saga_id, 0, "first", {"type": "E", "message": "again"}, None)
-    again = _claim(store, saga_id, 0, "second")
+    again = claim_step(store, saga_id, 0, "second")
     assert (again.outcome, again.attempt) == (ClaimOutcome.CLAIMED, 2)
 
 
 def test_a_stale_last_record_completes_nothing(store: SagaStore) -> None:
     """The last step recorded by a token that lost it writes nothing and leaves the
     saga running: the completion is not run after a record that matched no row."""
-    saga_id = _new_saga(store, steps=1)
-    _claim(store, saga_id, 0, "owner")
+    saga_id = new_saga(store, steps=1)
+    claim_step(store, saga_id, 0, "owner")
     assert store.complete_step(saga_id, 0, "other", 1, last=True) is Completion.LOST
     saga = store.get_saga(saga_id)
     assert saga is not None
@@ -156,11 +119,11 @@ def test_a_taken_saga_id_rolls_back_and_the_connection_writes_again(store: SagaS
     """A duplicate saga id is SQLAlchemy's IntegrityError off the driver (``create_saga``
     returns the saga stored before), and its transaction is rolled back: the pooled
     connection takes the next write."""
-    saga_id = _new_saga(store)
-    existing = store.create_saga(saga_row(saga_id, _plan(2), datetime.now(UTC)))
+    saga_id = new_saga(store)
+    existing = store.create_saga(saga_row(saga_id, plan(2), datetime.now(UTC)))
     assert existing is not None
     assert existing.id == saga_id
-    assert store.get_saga(_new_saga(store)) is not None
+    assert store.get_saga(new_saga(store)) is not None
 
 
 def test_a_write_waits_for_another_connection_s_write_lock(store: SagaStore, path: Path) -> None:
@@ -171,7 +134,7 @@ def test_a_write_waits_for_another_connection_s_write_lock(store: SagaStore, pat
     timer = threading.Timer(0.3, other.commit)
     timer.start()
     try:
-        saga_id = _new_saga(store)
+        saga_id = new_saga(store)
     finally:
         timer.join()
         other.close()
@@ -195,12 +158,12 @@ def test_a_lock_held_past_the_busy_timeout_is_a_saga_store_error(
     other.execute("BEGIN IMMEDIATE")
     try:
         with pytest.raises(SagaStoreError, match=r"could not store the saga.*locked"):
-            quick.create_saga(saga_row(saga_id, _plan(2), datetime.now(UTC)))
+            quick.create_saga(saga_row(saga_id, plan(2), datetime.now(UTC)))
     finally:
         other.rollback()
         other.close()
     assert quick.get_saga(saga_id) is None
-    assert quick.get_saga(_new_saga(quick)) is not None  # and the connection writes again
+    assert quick.get_saga(new_saga(quick)) is not None  # and the connection writes again
     quick.dispose()
 
 
@@ -214,8 +177,8 @@ def test_listeners_on_the_engine_see_every_statement(store: SagaStore) -> None:
 
     event.listen(store.engine, "before_cursor_execute", listen)
     try:
-        saga_id = _new_saga(store, steps=1)
-        _claim(store, saga_id, 0, "t")
+        saga_id = new_saga(store, steps=1)
+        claim_step(store, saga_id, 0, "t")
     finally:
         event.remove(store.engine, "before_cursor_execute", listen)
     assert seen == ["BEGIN", "INSERT", "BEGIN", "INSERT"]
@@ -240,7 +203,7 @@ def test_a_parameter_that_cannot_be_encoded_raises_before_anything_is_sent(
     record = {"p_saga": "x", "p_index": 0, "p_token": "t", "p_result": object(), "p_now": None}
     with pytest.raises(TypeError):
         direct.execute(COMPLETE_STEP, record)
-    assert store.get_saga(_new_saga(store)) is not None
+    assert store.get_saga(new_saga(store)) is not None
 
 
 def test_an_interrupted_write_rolls_back_and_raises_the_interruption(store: SagaStore) -> None:
@@ -248,8 +211,8 @@ def test_an_interrupted_write_rolls_back_and_raises_the_interruption(store: Saga
     limit) is raised as itself; what the first wrote is rolled back."""
     direct = Direct.of(store.engine)
     assert direct is not None
-    saga_id = _new_saga(store, steps=1)
-    _claim(store, saga_id, 0, "t")
+    saga_id = new_saga(store, steps=1)
+    claim_step(store, saga_id, 0, "t")
     params = {"p_saga": saga_id, "p_index": 0, "p_token": "t", "p_result": "1", "p_now": None}
 
     def interrupt(_written: Any) -> bool:
@@ -272,8 +235,8 @@ def test_a_sqlite_without_returning_keeps_sqlalchemy_s_path(
     try:
         assert not old.engine.dialect.insert_returning
         assert Direct.of(old.engine) is None
-        saga_id = _new_saga(old, steps=1)
-        claim = _claim(old, saga_id, 0, "t")
+        saga_id = new_saga(old, steps=1)
+        claim = claim_step(old, saga_id, 0, "t")
         assert (claim.outcome, claim.attempt) == (ClaimOutcome.CLAIMED, 1)
     finally:
         old.dispose()
