@@ -95,7 +95,7 @@ class Direct:
 
     def __init__(self, engine: Engine, *, begin: str | None = None) -> None:
         self.engine = engine
-        self._begin = begin  # what starts each statement's transaction (None: autocommit)
+        self._begin = begin  # what starts each call's transaction (None: autocommit)
         self._compiled: dict[tuple[int, frozenset[str]], _Compiled | None] = {}
         self._statements: list[Executable] = []  # (keeps the keys' statements alive)
 
