@@ -167,25 +167,34 @@ class StoreBase:
         return done
 
     def _read_direct(
-        self, doing: str, statement: Executable, params: Mapping[str, Any]
+        self,
+        doing: str,
+        statement: Executable,
+        params: Mapping[str, Any],
+        *,
+        alone: bool = False,
     ) -> Written | None:
         """A read of one statement on the driver, in autocommit; None: not on this store.
 
-        For the reads that run apart at READ COMMITTED, PostgreSQL's default: there a
-        transaction around them would give each statement its own snapshot as well.
-        Once more on a fresh connection if a stale pooled one was dropped, as
-        :meth:`_read` does.
+        ``alone``: the read stands by itself (one statement reads one snapshot, on any
+        backend). Otherwise it is one of the reads that run apart at READ COMMITTED,
+        PostgreSQL's default: there a transaction around them would give each statement
+        its own snapshot as well. Once more on a fresh connection if a stale pooled one
+        was dropped, as :meth:`_read` does.
         """
         direct = self._direct
-        if direct is None or direct.watched or self._isolation_set:
+        if direct is None or direct.watched:
             return None
-        # (the server's default, known once an engine has connected)
-        levels = {
-            getattr(engine.dialect, "default_isolation_level", None) for engine in self.engines
-        }
-        if "READ COMMITTED" not in levels:  # (SQLite: SERIALIZABLE; its reads keep theirs)
-            return None
-        return self._again_if_stale(doing, lambda: direct.execute(statement, params))
+        if not alone:
+            if self._isolation_set:
+                return None
+            # (the server's default, known once an engine has connected)
+            levels = {
+                getattr(engine.dialect, "default_isolation_level", None) for engine in self.engines
+            }
+            if "READ COMMITTED" not in levels:  # (SQLite: SERIALIZABLE)
+                return None
+        return self._again_if_stale(doing, lambda: direct.execute(statement, params, read=True))
 
     def _read(self, doing: str, read: Callable[[Connection], T], *, one: bool = False) -> T:
         """Run ``read`` on a connection; once more if a stale pooled one was dropped.

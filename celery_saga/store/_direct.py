@@ -181,14 +181,20 @@ class Direct:
         self._statements.append(statement)
         return compiled
 
-    def execute(self, statement: Executable, params: Mapping[str, Any]) -> Written | None:
+    def execute(
+        self, statement: Executable, params: Mapping[str, Any], *, read: bool = False
+    ) -> Written | None:
         """Run one statement; raises what ``Connection.execute`` would raise for it.
 
+        ``read``: it only reads, and runs alone (on SQLite with no ``BEGIN IMMEDIATE``,
+        which would take the write lock: a single statement reads one snapshot).
         None, running nothing, for a statement it cannot run (an ``IN`` list, returned
         columns SQLAlchemy converts).
         """
         compiled = self._compile(statement, params)
-        return None if compiled is None else self._execute((compiled,), params, None)[0]
+        if compiled is None:
+            return None
+        return self._execute((compiled,), params, None, None if read else self._begin)[0]
 
     def execute_in_turn(
         self,
@@ -211,15 +217,16 @@ class Direct:
             if each is None:
                 return None
             compiled.append(each)
-        return self._execute(compiled, params, go_on)
+        return self._execute(compiled, params, go_on, self._begin)
 
     def _execute(
         self,
         compiled: Sequence[_Compiled],
         params: Mapping[str, Any],
         go_on: Callable[[Written], bool] | None,
+        begin: str | None,
     ) -> list[Written]:
-        """The compiled statements on one pooled connection, in its transaction if any."""
+        """The compiled statements on one pooled connection, in a transaction if ``begin``."""
         # (the parameters first: a bind processor's error is raised before anything is sent)
         prepared = [(each, self._values(each, params)) for each in compiled]
         dialect = self.engine.dialect
@@ -237,8 +244,8 @@ class Direct:
             values: dict[str, Any] = {}
             try:
                 done: list[Written] = []
-                if self._begin is not None:
-                    sql = self._begin
+                if begin is not None:
+                    sql = begin
                     cursor.execute(sql)
                 for each, values in prepared:
                     sql, order = each.sql, each.order
@@ -250,12 +257,13 @@ class Direct:
                     done.append(Written(cursor.rowcount, rows))
                     if go_on is not None and not go_on(done[-1]):
                         break
-                if self._begin is not None:
+                if begin is not None:
                     sql, values = "COMMIT", {}
                     cursor.execute(sql)
                 return done
             except dbapi_error as exc:
-                self._roll_back(connection)
+                if begin is not None:
+                    self._roll_back(connection)
                 lost = dialect.is_disconnect(exc, connection.dbapi_connection, cursor)  # type: ignore[arg-type]
                 if lost:  # as SQLAlchemy does: this one, and every older one of the pool
                     self.engine.pool._invalidate(connection, exc)
@@ -279,9 +287,10 @@ class Direct:
             values[name] = process(values[name])
         return values
 
-    def _roll_back(self, connection: Any) -> None:
-        """End the statement's failed transaction, if it began one (SQLite)."""
-        if self._begin is None or not connection.dbapi_connection.in_transaction:
+    @staticmethod
+    def _roll_back(connection: Any) -> None:
+        """End the failed transaction it began (SQLite), if it is still open."""
+        if not connection.dbapi_connection.in_transaction:
             return
         with contextlib.suppress(Exception):  # (its own error is the one to raise)
             connection.dbapi_connection.rollback()

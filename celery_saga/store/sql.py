@@ -945,11 +945,19 @@ class SagaStore(WaitStore):
                 ).rowcount
 
     def get_status(self, saga_id: str) -> SagaStatus | None:
-        """Only the saga's status (what ``SagaResult.get`` polls)."""
+        """Only the saga's status (what ``SagaResult.get`` polls), on the driver where it can."""
         params = {"p_saga": saga_id}
-        status = self._read(
-            "read the saga's status", lambda c: c.execute(SAGA_STATUS, params).scalar(), one=True
-        )
+        self.ensure_schema()
+        found = self._read_direct("read the saga's status", SAGA_STATUS, params, alone=True)
+        if found is not None:
+            row = found.first()
+            status = None if row is None else row[0]
+        else:
+            status = self._read(
+                "read the saga's status",
+                lambda c: c.execute(SAGA_STATUS, params).scalar(),
+                one=True,
+            )
         return None if status is None else SagaStatus(status)
 
     def get_steps(self, saga_id: str, plan: Mapping[str, Any] | None = None) -> list[StepRecord]:

@@ -121,6 +121,17 @@ def test_the_failure_path_returns_the_plan_and_claims_compensations_on_the_drive
     assert saga.status is SagaStatus.COMPENSATED
 
 
+def test_the_status_poll_reads_on_the_driver(
+    store: SagaStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``get_status`` (what ``SagaResult.get`` polls) is one SELECT on the driver."""
+    saga_id = new_saga(store)
+    calls = Calls(monkeypatch)
+    assert store.get_status(saga_id) is SagaStatus.RUNNING
+    assert store.get_status("no-such-saga") is None
+    assert calls.ran == ["SELECT", "SELECT"]
+
+
 def test_listeners_on_the_engine_see_every_statement(store: SagaStore) -> None:
     """With a ``before_cursor_execute`` listener on the engine, the writes go through
     SQLAlchemy, so that the listener (a tracer, a test) sees each of them."""

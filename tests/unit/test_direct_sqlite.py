@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -240,3 +241,23 @@ def test_a_sqlite_without_returning_keeps_sqlalchemy_s_path(
         assert (claim.outcome, claim.attempt) == (ClaimOutcome.CLAIMED, 1)
     finally:
         old.dispose()
+
+
+def test_the_status_poll_reads_on_the_driver_without_the_write_lock(
+    store: SagaStore, path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``get_status`` (what ``SagaResult.get`` polls) is one SELECT on the driver, with no
+    ``BEGIN IMMEDIATE``: it answers at once while another connection holds the write lock."""
+    saga_id = new_saga(store)
+    calls = Calls(monkeypatch)
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        started = time.monotonic()
+        assert store.get_status(saga_id) is SagaStatus.RUNNING
+        assert store.get_status("no-such-saga") is None
+        assert time.monotonic() - started < 1.0  # (a write would wait up to 30 s)
+    finally:
+        other.rollback()
+        other.close()
+    assert calls.ran == ["SELECT", "SELECT"]
