@@ -17,13 +17,20 @@ from celery_saga._runtime import get_store
 from celery_saga.errors import SagaStoreError
 from celery_saga.plan import saga_row
 from celery_saga.status import SagaStatus, StepStatus
-from celery_saga.store import ClaimOutcome, Completion, SagaStore
+from celery_saga.store import ClaimOutcome, SagaStore
 from celery_saga.store._base import StoreBase
 from celery_saga.store._direct import Direct
 from celery_saga.store.schema import sagas
 from tests.support.envs import SagaEnv, thread_env
 from tests.support.proxy import TcpProxy
-from tests.support.store_rows import Calls, claim_step, new_saga, plan
+from tests.support.store_rows import (
+    Calls,
+    claim_step,
+    new_saga,
+    plan,
+    refuse_a_second_claim_and_a_stale_record,
+    run_two_steps,
+)
 from tests.unit.test_costs import run
 
 pytestmark = pytest.mark.postgres
@@ -60,13 +67,7 @@ def test_a_saga_run_through_the_store_goes_to_the_driver(
     """Storing, claiming and recording a 2-step saga runs each write on the driver,
     and leaves the rows SQLAlchemy's path leaves."""
     calls = Calls(monkeypatch)
-    saga_id = new_saga(store)
-    for index in (0, 1):
-        claim = claim_step(store, saga_id, index, f"t{index}")
-        assert claim.outcome is ClaimOutcome.CLAIMED
-        assert claim.attempt == 1
-        done = store.complete_step(saga_id, index, f"t{index}", {"n": index}, last=index == 1)
-        assert done is (Completion.COMPLETED if index == 1 else Completion.RECORDED)
+    saga_id = run_two_steps(store)
     assert calls.ran == ["INSERT", "INSERT", "UPDATE", "INSERT", "WITH"]
     saga = store.get_saga(saga_id)
     assert saga is not None
@@ -82,11 +83,7 @@ def test_a_saga_run_through_the_store_goes_to_the_driver(
 def test_a_second_claim_and_a_stale_record_answer_as_before(store: SagaStore) -> None:
     """A claim of a step someone holds is not granted, and a record by a token that
     lost the step writes nothing: the RETURNING and row counts read off the driver."""
-    saga_id = new_saga(store)
-    assert claim_step(store, saga_id, 0, "owner").outcome is ClaimOutcome.CLAIMED
-    assert claim_step(store, saga_id, 0, "other").outcome is ClaimOutcome.BUSY
-    assert store.complete_step(saga_id, 0, "other", 1, last=False) is Completion.LOST
-    assert store.complete_step(saga_id, 0, "owner", 1, last=False) is Completion.RECORDED
+    refuse_a_second_claim_and_a_stale_record(store)
 
 
 def test_the_failure_path_returns_the_plan_and_claims_compensations_on_the_driver(

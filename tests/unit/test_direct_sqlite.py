@@ -26,7 +26,14 @@ from celery_saga.store._statements import (
     COMPLETE_SAGA,
     COMPLETE_STEP,
 )
-from tests.support.store_rows import Calls, claim_step, new_saga, plan
+from tests.support.store_rows import (
+    Calls,
+    claim_step,
+    new_saga,
+    plan,
+    refuse_a_second_claim_and_a_stale_record,
+    run_two_steps,
+)
 
 
 @pytest.fixture
@@ -49,13 +56,7 @@ def test_a_saga_run_through_the_store_goes_to_the_driver(
     (the last record and the saga's completion in one transaction), and leave the rows
     SQLAlchemy's path leaves."""
     calls = Calls(monkeypatch)
-    saga_id = new_saga(store)
-    for index in (0, 1):
-        claim = claim_step(store, saga_id, index, f"t{index}")
-        assert claim.outcome is ClaimOutcome.CLAIMED
-        assert claim.attempt == 1
-        done = store.complete_step(saga_id, index, f"t{index}", {"n": index}, last=index == 1)
-        assert done is (Completion.COMPLETED if index == 1 else Completion.RECORDED)
+    saga_id = run_two_steps(store)
     assert calls.ran == ["INSERT", "INSERT", "UPDATE", "INSERT", "UPDATE", "UPDATE"]
     saga = store.get_saga(saga_id)
     assert saga is not None
@@ -72,11 +73,7 @@ def test_a_saga_run_through_the_store_goes_to_the_driver(
 def test_a_second_claim_and_a_stale_record_answer_as_before(store: SagaStore) -> None:
     """A claim of a step someone holds is not granted, and a record by a token that
     lost the step writes nothing: the RETURNING and row counts read off sqlite3."""
-    saga_id = new_saga(store)
-    assert claim_step(store, saga_id, 0, "owner").outcome is ClaimOutcome.CLAIMED
-    assert claim_step(store, saga_id, 0, "other").outcome is ClaimOutcome.BUSY
-    assert store.complete_step(saga_id, 0, "other", 1, last=False) is Completion.LOST
-    assert store.complete_step(saga_id, 0, "owner", 1, last=False) is Completion.RECORDED
+    refuse_a_second_claim_and_a_stale_record(store)
 
 
 def test_a_retried_step_is_claimed_by_its_update_with_the_attempt_returned(
