@@ -124,19 +124,28 @@ class StoreBase:
         with self._errors(doing), self._autocommit.connect() as connection:
             yield connection
 
+    def _on_driver(self, doing: str, run: Callable[[Direct], T | None]) -> T | None:
+        """``run`` on the store's driver path, its errors translated as the store's.
+
+        None: no driver path on this store, a listener watching the engine, or a
+        statement the driver path does not run.
+        """
+        direct = self._direct
+        if direct is None or direct.watched:
+            return None
+        self.ensure_schema()
+        with self._errors(doing):
+            return run(direct)
+
     def _one(self, doing: str, statement: Executable, params: Mapping[str, Any]) -> Written:
         """Run a write that is one statement (in autocommit where the server allows).
 
         On PostgreSQL with psycopg, and on a SQLite file, it goes to the driver directly
         (:mod:`._direct`), unless something listens to the engine's statements.
         """
-        direct = self._direct
-        if direct is not None and not direct.watched:
-            self.ensure_schema()
-            with self._errors(doing):
-                written = direct.execute(statement, params)
-            if written is not None:
-                return written
+        written = self._on_driver(doing, lambda direct: direct.execute(statement, params))
+        if written is not None:
+            return written
         with self._write_one(doing) as connection:
             return _written(connection.execute(statement, params))
 
@@ -151,13 +160,11 @@ class StoreBase:
 
         On the driver where it can (SQLite, see :mod:`._direct`), else through SQLAlchemy.
         """
-        direct = self._direct
-        if direct is not None and not direct.watched:
-            self.ensure_schema()
-            with self._errors(doing):
-                done = direct.execute_in_turn(statements, params, go_on=go_on)
-            if done is not None:
-                return done
+        found = self._on_driver(
+            doing, lambda direct: direct.execute_in_turn(statements, params, go_on=go_on)
+        )
+        if found is not None:
+            return found
         done = []
         with self._write(doing) as connection:
             for statement in statements:
