@@ -54,6 +54,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import itertools
+import json
 import os
 import signal
 import statistics
@@ -129,8 +130,6 @@ class Peer:
         self.processes.append(self.driver)
 
     def ask(self, command: str) -> Any:
-        import json
-
         assert self.driver is not None
         assert self.driver.stdin is not None
         assert self.driver.stdout is not None
@@ -360,6 +359,12 @@ def main() -> None:
         action="store_true",
         help="also run celery-saga 0.1.1 and DBOS in the same rounds, each from a venv of "
         f"its own under {PEERS} (made with pip on first use)",
+    )
+    parser.add_argument(
+        "--json",
+        type=Path,
+        metavar="FILE",
+        help="also write the run's figures to FILE as JSON (what matrix.py reads)",
     )
     options = parser.parse_args()
     grouped = options.shape == "group"
@@ -600,6 +605,7 @@ def main() -> None:
         + f" = {sum(cpu[kind].get(role, 0.0) for role in roles) / total * 1000:.1f}"
         for kind in ("plain", "saga", *(peer.name for peer in peers))))  # fmt: skip
     print(f"bytes of the first message: {plain_label} {chain_bytes}, saga {saga_bytes}")
+    hops: dict[str, float] = {}
     if not grouped and not options.failure and timed_sagas:
         hops = latency_hops(store.engine, saga_steps, timed_sagas)
         print("saga latency by hop, median ms: " + ", ".join(
@@ -615,6 +621,37 @@ def main() -> None:
         ).one()
     print(f"sagas' work (all {count} of the run, from the store): {ran / count:.2f} steps "
           f"started and {(undone or 0) / count:.2f} compensations run per saga")  # fmt: skip
+    if options.json is not None:
+        kinds = {
+            "plain": (plain_rate, plain_lat, chain_bytes),
+            "saga": (saga_rate, saga_lat, saga_bytes),
+        }
+        kinds.update(
+            {peer.name: (total / peer_time[peer.name], peer_lat[peer.name], 0) for peer in peers}
+        )
+        figures = {
+            "arguments": {
+                k: str(v) if isinstance(v, Path) else v for k, v in vars(options).items()
+            },
+            "items": total,
+            "ratio": saga_rate / plain_rate,
+            "median_ratio": statistics.median(ratios),
+            "round_ratios": ratios,
+            "kinds": {
+                kind: {
+                    "per_second": rate,
+                    "p50_ms": statistics.median(lat) * 1000,
+                    "p95_ms": percentile(lat, 0.95) * 1000,
+                    "cpu_ms": {role: cpu[kind].get(role, 0.0) / total * 1000 for role in roles},
+                    "first_message_bytes": size or None,
+                }
+                for kind, (rate, lat, size) in kinds.items()
+            },
+            "hops_ms": {name: value * 1000 for name, value in hops.items()},
+            "steps_started_per_saga": ran / count,
+            "compensations_per_saga": (undone or 0) / count,
+        }
+        options.json.write_text(json.dumps(figures, indent=2) + "\n")
 
 
 if __name__ == "__main__":
