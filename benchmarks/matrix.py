@@ -59,10 +59,6 @@ def arguments(row: Row, scale: float, peers: bool) -> list[str]:
     return flags + (["--peers"] if peers and row.peers else [])
 
 
-def steps_of(figures: dict[str, Any]) -> int:
-    return int(figures["arguments"]["steps"])
-
-
 def table(results: list[tuple[Row, list[str], dict[str, Any]]]) -> str:
     """The runs' figures as a Markdown table (saga / plain in each cell)."""
     lines = [
@@ -73,7 +69,7 @@ def table(results: list[tuple[Row, list[str], dict[str, Any]]]) -> str:
     for row, flags, figures in results:
         saga, plain = figures["kinds"]["saga"], figures["kinds"]["plain"]
         cpu = {kind: sum(figures["kinds"][kind]["cpu_ms"].values()) for kind in ("saga", "plain")}
-        steps = steps_of(figures)
+        steps = int(figures["arguments"]["steps"])
         goal = "" if row.goal is None else f"{row.goal:.2f}x"
         cells = [
             row.name,
@@ -124,7 +120,8 @@ def main() -> None:
         figures_file = options.out / f"{number:02d}.json"
         print(f"== {row.name}: throughput.py {' '.join(flags)}", flush=True)
         command = [sys.executable, str(HERE / "throughput.py"), *flags, "--json", str(figures_file)]
-        subprocess.run(command, check=True)
+        if subprocess.run(command).returncode != 0:
+            raise SystemExit(f"the {row.name!r} row failed: its output is above")
         results.append((row, flags, json.loads(figures_file.read_text())))
     made = table(results)
     (options.out / "matrix.md").write_text(made + "\n")
