@@ -567,8 +567,6 @@ def main() -> None:
             peer.stop()
 
     total = per_round * options.rounds
-    plain_rate = total / plain_time
-    saga_rate = total / saga_time
     print()
     if grouped:
         what = "a -> group(b, c, d) -> e, no-op steps"
@@ -584,26 +582,46 @@ def main() -> None:
     print(f"{total} of each kind, {what} ({path}); one worker, prefork "
           f"x{options.concurrency}; {broker} broker; saga store {store_name}; "
           f"plain results in Redis")  # fmt: skip
-    print(f"{'':18}{'per s':>10}{'p50 ms':>10}{'p95 ms':>10}")
-    rows = [(plain_label, plain_rate, plain_lat), ("saga", saga_rate, saga_lat)]
-    rows += [(peer.name, total / peer_time[peer.name], peer_lat[peer.name]) for peer in peers]
-    for label, rate, lat in rows:
-        print(f"{label:18}{rate:>10.1f}{statistics.median(lat) * 1000:>10.1f}"
-              f"{percentile(lat, 0.95) * 1000:>10.1f}")  # fmt: skip
-    print(f"saga / plain throughput: {saga_rate / plain_rate:.2f}x overall, "
-          f"{statistics.median(ratios):.2f}x median of {len(ratios)} rounds")  # fmt: skip
-    for peer in peers:
-        rate = total / peer_time[peer.name]
-        print(f"{peer.name} / plain throughput: {rate / plain_rate:.2f}x overall, "
-              f"{statistics.median(peer_ratios[peer.name]):.2f}x median")  # fmt: skip
     roles = ["client", "worker", "postgres", "redis"]
     if options.broker == "rabbitmq":
         roles.append("rabbitmq")
+    # each kind's figures: what is printed here, and what --json writes
+    measured: list[tuple[str, str, float, list[float], list[float] | None, int | None]] = [
+        ("plain", plain_label, plain_time, plain_lat, None, chain_bytes),
+        ("saga", "saga", saga_time, saga_lat, ratios, saga_bytes),
+    ]
+    measured += [
+        (peer.name, peer.name, peer_time[peer.name], peer_lat[peer.name],
+         peer_ratios[peer.name], None)
+        for peer in peers
+    ]  # fmt: skip
+    kinds = {
+        kind: {
+            "label": label,
+            "per_second": total / took,
+            "ratio": plain_time / took,  # (its rate over the plain chain's)
+            "median_ratio": None if rounds is None else statistics.median(rounds),
+            "round_ratios": rounds,
+            "p50_ms": statistics.median(lat) * 1000,
+            "p95_ms": percentile(lat, 0.95) * 1000,
+            "cpu_ms": {role: cpu[kind].get(role, 0.0) / total * 1000 for role in roles},
+            "first_message_bytes": size,
+        }
+        for kind, label, took, lat, rounds, size in measured
+    }
+    print(f"{'':18}{'per s':>10}{'p50 ms':>10}{'p95 ms':>10}")
+    for seen in kinds.values():
+        print(f"{seen['label']:18}{seen['per_second']:>10.1f}{seen['p50_ms']:>10.1f}"
+              f"{seen['p95_ms']:>10.1f}")  # fmt: skip
+    for kind, seen in kinds.items():
+        if kind != "plain":
+            of = f" of {len(ratios)} rounds" if kind == "saga" else ""
+            print(f"{kind} / plain throughput: {seen['ratio']:.2f}x overall, "
+                  f"{seen['median_ratio']:.2f}x median{of}")  # fmt: skip
     print("CPU ms per item: " + ", ".join(
-        f"{kind} " + " ".join(f"{role} {cpu[kind].get(role, 0.0) / total * 1000:.1f}"
-                              for role in roles)
-        + f" = {sum(cpu[kind].get(role, 0.0) for role in roles) / total * 1000:.1f}"
-        for kind in ("plain", "saga", *(peer.name for peer in peers))))  # fmt: skip
+        f"{kind} " + " ".join(f"{role} {ms:.1f}" for role, ms in seen["cpu_ms"].items())
+        + f" = {sum(seen['cpu_ms'].values()):.1f}"
+        for kind, seen in kinds.items()))  # fmt: skip
     print(f"bytes of the first message: {plain_label} {chain_bytes}, saga {saga_bytes}")
     hops: dict[str, float] = {}
     if not grouped and not options.failure and timed_sagas:
@@ -622,31 +640,12 @@ def main() -> None:
     print(f"sagas' work (all {count} of the run, from the store): {ran / count:.2f} steps "
           f"started and {(undone or 0) / count:.2f} compensations run per saga")  # fmt: skip
     if options.json is not None:
-        kinds = {
-            "plain": (plain_rate, plain_lat, chain_bytes),
-            "saga": (saga_rate, saga_lat, saga_bytes),
-        }
-        kinds.update(
-            {peer.name: (total / peer_time[peer.name], peer_lat[peer.name], 0) for peer in peers}
-        )
         figures = {
             "arguments": {
                 k: str(v) if isinstance(v, Path) else v for k, v in vars(options).items()
             },
             "items": total,
-            "ratio": saga_rate / plain_rate,
-            "median_ratio": statistics.median(ratios),
-            "round_ratios": ratios,
-            "kinds": {
-                kind: {
-                    "per_second": rate,
-                    "p50_ms": statistics.median(lat) * 1000,
-                    "p95_ms": percentile(lat, 0.95) * 1000,
-                    "cpu_ms": {role: cpu[kind].get(role, 0.0) / total * 1000 for role in roles},
-                    "first_message_bytes": size or None,
-                }
-                for kind, (rate, lat, size) in kinds.items()
-            },
+            "kinds": kinds,
             "hops_ms": {name: value * 1000 for name, value in hops.items()},
             "steps_started_per_saga": ran / count,
             "compensations_per_saga": (undone or 0) / count,

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.envs import ROOT
-from tests.support.services import require
+from tests.support.services import SERVICES, require
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
@@ -20,6 +20,8 @@ def test_the_matrix_runs_each_row_against_plain_celery(tmp_path: Path) -> None:
     """A small matrix writes its table and each run's figures, from sagas that did their work."""
     require("postgres")
     require("redis")
+    if (SERVICES["postgres"], SERVICES["redis"]) != (("127.0.0.1", 5432), ("127.0.0.1", 6379)):
+        pytest.skip("the benchmark runs against PostgreSQL and Redis on 127.0.0.1")
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     done = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "matrix.py"), "--scale", "0.02",
@@ -39,7 +41,6 @@ def test_the_matrix_runs_each_row_against_plain_celery(tmp_path: Path) -> None:
     assert failure["compensations_per_saga"] == 2.0
     assert (success["items"], failure["items"]) == (20, 12)  # (1000 and 600, scaled)
     for figures in (success, failure):
-        assert len(figures["round_ratios"]) == 2
         for kind in ("plain", "saga"):
             seen = figures["kinds"][kind]
             assert seen["per_second"] > 0
@@ -47,13 +48,13 @@ def test_the_matrix_runs_each_row_against_plain_celery(tmp_path: Path) -> None:
             assert seen["first_message_bytes"] > 0
             assert seen["cpu_ms"]["worker"] > 0
         assert figures["kinds"]["saga"]["cpu_ms"]["postgres"] > 0
-        assert figures["ratio"] == pytest.approx(
-            figures["kinds"]["saga"]["per_second"] / figures["kinds"]["plain"]["per_second"]
-        )
+        assert len(figures["kinds"]["saga"]["round_ratios"]) == 2
     assert set(success["hops_ms"]) == {
         "to the first claim", "claim to record", "record to the next claim",
         "last record to seen",
     }  # fmt: skip
     table = (tmp_path / "matrix.md").read_text().splitlines()
-    assert [line.split(" | ")[0] for line in table[2:]] == ["| success", "| failure"]
     assert table == done.stdout.strip().splitlines()[-len(table) :]
+    for line, figures in zip(table[2:], (success, failure), strict=True):
+        saga = figures["kinds"]["saga"]
+        assert f" {saga['ratio']:.2f}x ({saga['median_ratio']:.2f}x) " in line
