@@ -3,7 +3,7 @@
     python benchmarks/throughput.py [--count 2000] [--rounds 10] [--latency 200]
     python benchmarks/throughput.py --shape group [--failure] [...]
     python benchmarks/throughput.py --steps 10 [--concurrency 4] [--store sqlite]
-                                    [--broker rabbitmq] [--failure] [...]
+                                    [--broker rabbitmq] [--failure] [--json FILE] [...]
 
 ``--steps N``: a saga of N steps against an N-task chain (with ``--failure`` the last
 fails and the N - 1 before it are compensated; the plain chain's last task fails and a
@@ -12,6 +12,10 @@ prefork processes. ``--store sqlite``: the saga store is a SQLite file (WAL) ins
 PostgreSQL. ``--broker rabbitmq``: both kinds go through RabbitMQ on 127.0.0.1:5672
 (the plain chains still keep their results in Redis). The bytes of the first message
 of each kind (its body and headers as JSON: what the broker carries) are printed too.
+
+``--json FILE`` also writes the run's figures (each kind's rate, ratio and median of the
+rounds' ratios, p50/p95, CPU per item by role, first message bytes; the latency hops;
+what the sagas did) as JSON, which ``matrix.py`` reads.
 
 ``--peers`` runs two other libraries in the same rounds, each from a virtual environment
 of its own under /tmp (made on first use with pip): ``celery-saga`` 0.1.1 (it imports
