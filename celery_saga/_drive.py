@@ -302,9 +302,17 @@ def park(app: Celery, saga: SagaRecord, index: int, task: str, worker: str) -> N
     )
 
 
-def settle(app: Celery, saga_id: str) -> Move | None:
-    """A shell did its part: read the saga and do what is left (at once, no stall)."""
-    loaded = load(get_store(app), saga_id)
+def settle(
+    app: Celery,
+    saga_id: str,
+    read: tuple[SagaRecord, Sequence[StepRecord]] | None = None,
+) -> Move | None:
+    """A shell did its part: read the saga and do what is left (at once, no stall).
+
+    ``read``: the saga and its steps as the shell just read them (with its own write).
+    """
+    store = get_store(app)
+    loaded = load(store, saga_id) if read is None else (read[0], state_of(store, *read))
     if loaded is None:
         return None
     saga, state = loaded

@@ -53,6 +53,7 @@ from .machine import (
     decide,
 )
 from .plan import CHILD_TASK
+from .records import SagaRecord, StepRecord
 from .signals import StepEvent
 
 __all__ = ["register_tasks"]
@@ -74,10 +75,11 @@ def _compensate(
     def guard(write: Callable[[], Any]) -> Any:
         return guarded(self, write)
 
-    def carry_out(move: Move) -> None:
+    def carry_out(move: Move, read: tuple[SagaRecord, list[StepRecord]] | None = None) -> None:
+        """The move's messages; ``read``: the saga as the compensation's record read it."""
         for message in move.messages:
             if isinstance(message, Reconcile):
-                guard(lambda: _drive.settle(app, saga_id))
+                guard(lambda: _drive.settle(app, saga_id, read))
             elif isinstance(message, Drop):
                 if message.reason == "missing":
                     logger.error(
@@ -205,13 +207,17 @@ def _compensate(
         return
     inject("done", context, names)
     move = decide(d, CompensationSucceeded(), compensation=True)
-    guard(lambda: store.finish_compensation(saga_id, index, token))
+    read = None
+    if any(isinstance(m, Reconcile) for m in move.messages):  # the record reads the saga too
+        _, read = guard(lambda: store.finish_last_compensation(saga_id, index, token))
+    else:
+        guard(lambda: store.finish_compensation(saga_id, index, token))
     if parked:  # it waited for a worker with its task: this one has it
         guard(lambda: store.park(saga_id, None))
     signals.compensation_succeeded.send(
         sender=sender, event=event(duration=time.monotonic() - started)
     )
-    carry_out(move)
+    carry_out(move, read)
 
 
 def register_tasks(app: Celery) -> None:

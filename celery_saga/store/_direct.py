@@ -74,6 +74,15 @@ def _row_type(names: tuple[str, ...]) -> Callable[..., Any]:
     return Row
 
 
+def _written(cursor: Any) -> Written:
+    """What the cursor's last statement did: its rowcount, and its rows if it has any."""
+    rows: list[Any] = []
+    if cursor.description is not None:
+        row = _row_type(tuple(column[0] for column in cursor.description))
+        rows = [row(*fields) for fields in cursor.fetchall()]
+    return Written(cursor.rowcount, rows)
+
+
 @dataclass(frozen=True, slots=True)
 class _Compiled:
     sql: str
@@ -219,14 +228,42 @@ class Direct:
             compiled.append(each)
         return self._execute(compiled, params, go_on, self._begin)
 
+    def write_then_read(
+        self, write: Executable, reads: Sequence[Executable], params: Mapping[str, Any]
+    ) -> list[Written] | None:
+        """PostgreSQL: a write, committed, then reads of what it left: one round trip.
+
+        Sent together in psycopg's pipeline mode, the write in a ``BEGIN`` ... ``COMMIT``
+        of its own, so that the reads start after its commit (and see whatever other
+        sessions committed before them, as reads after a write would). The write's
+        result and each read's, in order. None, running nothing, on SQLite, or if one
+        of them cannot be run here.
+        """
+        if self._begin is not None:
+            return None
+        compiled = []
+        for statement in (write, *reads):
+            each = self._compile(statement, params)
+            if each is None:
+                return None
+            compiled.append(each)
+        return self._execute(compiled, params, None, None, pipelined=True)
+
     def _execute(
         self,
         compiled: Sequence[_Compiled],
         params: Mapping[str, Any],
         go_on: Callable[[Written], bool] | None,
         begin: str | None,
+        *,
+        pipelined: bool = False,
     ) -> list[Written]:
-        """The compiled statements on one pooled connection, in a transaction if ``begin``."""
+        """The compiled statements on one pooled connection, in a transaction if ``begin``.
+
+        ``pipelined``: all sent at once (the first, a write, committed before the rest),
+        their results read after the pipeline's sync. (A failed write leaves its
+        transaction to the pool's rollback on return.)
+        """
         # (the parameters first: a bind processor's error is raised before anything is sent)
         prepared = [(each, self._values(each, params)) for each in compiled]
         dialect = self.engine.dialect
@@ -240,6 +277,7 @@ class Direct:
             ) from exc
         try:
             cursor = connection.cursor()
+            cursors = [cursor]
             sql = ""  # (the statement an error names, and its values)
             values: dict[str, Any] = {}
             try:
@@ -247,14 +285,24 @@ class Direct:
                 if begin is not None:
                     sql = begin
                     cursor.execute(sql)
+                if pipelined:  # each on a cursor of its own, read once all are answered
+                    driver: Any = connection.dbapi_connection  # (psycopg's Connection)
+                    results = [connection.cursor() for _ in prepared]
+                    cursors += results
+                    with driver.pipeline():
+                        cursor.execute("BEGIN")
+                        for number, ((each, values), into) in enumerate(
+                            zip(prepared, results, strict=True)
+                        ):
+                            sql = each.sql
+                            into.execute(sql, values)
+                            if not number:  # the write: committed before the reads
+                                cursor.execute("COMMIT")
+                    return [_written(opened) for opened in results]
                 for each, values in prepared:
                     sql, order = each.sql, each.order
                     cursor.execute(sql, values if order is None else [values[n] for n in order])
-                    rows: list[Any] = []
-                    if cursor.description is not None:
-                        row = _row_type(tuple(column[0] for column in cursor.description))
-                        rows = [row(*fields) for fields in cursor.fetchall()]
-                    done.append(Written(cursor.rowcount, rows))
+                    done.append(_written(cursor))
                     if go_on is not None and not go_on(done[-1]):
                         break
                 if begin is not None:
@@ -274,8 +322,9 @@ class Direct:
                 connection.invalidate(exc if isinstance(exc, Exception) else None)
                 raise
             finally:
-                with contextlib.suppress(dbapi_error):  # (sqlite3's, once it is invalidated)
-                    cursor.close()
+                for opened in cursors:
+                    with contextlib.suppress(dbapi_error):  # (sqlite3's, once it is invalidated)
+                        opened.close()
         finally:
             connection.close()
 

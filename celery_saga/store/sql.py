@@ -685,6 +685,32 @@ class SagaStore(WaitStore):
                 == 1
             )
 
+    def finish_last_compensation(
+        self, saga_id: str, index: int, token: str
+    ) -> tuple[bool, tuple[SagaRecord, list[StepRecord]] | None]:
+        """Record a compensation that returned, then read the whole saga after it.
+
+        What the last compensation of a chain does before its saga is settled: whether
+        it was recorded (False: the caller no longer owned it), and the saga as
+        :meth:`load_saga` reads it, after the record's commit (None: the store does not
+        know it). On PostgreSQL the record and the two reads go in one round trip.
+        """
+        params = {"p_saga": saga_id, "p_index": index, "p_token": token, "p_now": utcnow()}
+        doing = "record the compensation"
+        done = self._on_driver(
+            doing,
+            lambda direct: direct.write_then_read(COMPENSATION_DONE, (SAGA_ROW, STEP_ROWS), params),
+        )
+        if done is None:
+            recorded = self._one(doing, COMPENSATION_DONE, params).rowcount == 1
+            return recorded, self.load_saga(saga_id)
+        written, found, rows = done
+        row = found.first()
+        if row is None:
+            return written.rowcount == 1, None
+        saga = saga_record(row)
+        return written.rowcount == 1, (saga, _in_plan_order(saga_id, saga.plan, rows.rows))
+
     def give_back_compensation(self, saga_id: str, index: int, token: str, delay: float) -> bool:
         """Give a claimed compensation back unrun: no attempt counted, due in ``delay`` s.
 

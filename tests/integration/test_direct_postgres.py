@@ -28,6 +28,7 @@ from tests.support.store_rows import (
     claim_step,
     new_saga,
     plan,
+    record_the_last_compensation,
     refuse_a_second_claim_and_a_stale_record,
     run_two_steps,
 )
@@ -118,6 +119,38 @@ def test_the_failure_path_returns_the_plan_and_claims_compensations_on_the_drive
     assert saga.status is SagaStatus.COMPENSATED
 
 
+def test_the_last_compensation_is_recorded_and_the_saga_read_in_one_round_trip(
+    store: SagaStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last compensation's record and the two reads of its saga go to the driver as
+    one pipeline each time, owner, stale token or unknown saga alike."""
+    calls = Calls(monkeypatch)
+    record_the_last_compensation(store)
+    assert calls.pipelined == [["UPDATE", "SELECT", "SELECT"]] * 3
+
+
+def test_a_failed_write_in_a_pipeline_leaves_its_connection_fit_to_reuse(
+    postgres_url: str,
+) -> None:
+    """A pipelined write the server refuses is the store's error, and the one pooled
+    connection it ran on is back to no transaction, its next writes and reads working."""
+    store = SagaStore(postgres_url, engine_options={"pool_size": 1, "max_overflow": 0})
+    store.ensure_schema()
+    try:
+        saga_id = new_saga(store)
+        with pytest.raises(SagaStoreError, match="invalid input syntax for type integer"):
+            store.finish_last_compensation(saga_id, "x", "c")  # type: ignore[arg-type]
+        raw = store.engines[-1].raw_connection()
+        try:
+            assert raw.dbapi_connection.info.transaction_status == 0  # type: ignore[union-attr]
+        finally:
+            raw.close()
+        assert claim_step(store, saga_id, 0, "a").outcome is ClaimOutcome.CLAIMED
+        assert store.finish_last_compensation(saga_id, 0, "c")[1] is not None
+    finally:
+        store.dispose()
+
+
 def test_the_status_poll_reads_on_the_driver(
     store: SagaStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -198,7 +231,8 @@ def test_a_dropped_connection_is_invalidated_and_the_next_write_reconnects(
     [
         (False, ["INSERT", "INSERT", "UPDATE", "INSERT", "UPDATE", "INSERT", "WITH"]),
         # the third step fails; its write returns the plan; two compensations claimed
-        # and recorded, newest first; the last one's read of the saga; the saga's end
+        # and recorded, newest first; the last one's read of the saga (in one round trip
+        # with its record); the saga's end
         (True, ["INSERT", "INSERT", "UPDATE", "INSERT", "UPDATE", "INSERT", "WITH"]
                + ["UPDATE", "UPDATE"] * 2 + ["SELECT", "SELECT", "UPDATE"]),
     ],
@@ -223,6 +257,7 @@ def test_a_whole_saga_sends_every_statement_on_the_driver(
     status = run(env, *steps)
     assert status is (SagaStatus.COMPENSATED if fails else SagaStatus.COMPLETED)
     assert calls.ran == sent
+    assert calls.pipelined == ([["UPDATE", "SELECT", "SELECT"]] if fails else [])
     assert through_sqlalchemy == []
 
 

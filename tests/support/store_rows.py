@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from celery_saga.plan import saga_row
+from celery_saga.status import SagaStatus, StepStatus
 from celery_saga.store import Claim, ClaimOutcome, Completion, SagaStore
 from celery_saga.store._direct import Direct
 
@@ -66,11 +67,45 @@ class Calls:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.ran: list[str] = []
+        self.pipelined: list[list[str]] = []  # those sent together, in one round trip
         execute = Direct._execute
 
-        def counted(direct: Direct, compiled: Any, *args: Any) -> Any:
-            done = execute(direct, compiled, *args)
-            self.ran += [each.sql.split()[0] for each in compiled[: len(done)]]
+        def counted(direct: Direct, compiled: Any, *args: Any, **kwargs: Any) -> Any:
+            done = execute(direct, compiled, *args, **kwargs)
+            ran = [each.sql.split()[0] for each in compiled[: len(done)]]
+            self.ran += ran
+            if kwargs.get("pipelined"):
+                self.pipelined.append(ran)
             return done
 
         monkeypatch.setattr(Direct, "_execute", counted)
+
+
+def record_the_last_compensation(store: SagaStore) -> None:
+    """The last compensation's record reads the whole saga after it: the owner's is
+    recorded (the step read as compensated), a stale token's writes nothing but still
+    reads the saga, and a saga the store does not know reads as None."""
+    saga_id = new_saga(store)
+    claim_step(store, saga_id, 0, "a")
+    store.complete_step(saga_id, 0, "a", "r0", last=False)
+    claim_step(store, saga_id, 1, "b")
+    error = {"type": "RuntimeError", "message": "boom", "traceback": ""}
+    assert store.fail_step(
+        saga_id, 1, "b", error, saga_status=SagaStatus.COMPENSATING,
+        step_status=StepStatus.FAILED, attempt=1,
+    )  # fmt: skip
+    assert store.claim_compensation(saga_id, 0, "c", 60.0).outcome is ClaimOutcome.CLAIMED
+    recorded, read = store.finish_last_compensation(saga_id, 0, "stale")
+    assert not recorded
+    assert read is not None
+    assert [s.status for s in read[1]] == [StepStatus.COMPENSATING, StepStatus.FAILED]
+    recorded, read = store.finish_last_compensation(saga_id, 0, "c")
+    assert recorded
+    assert read is not None
+    saga, steps = read
+    assert (saga.id, saga.status, saga.plan) == (saga_id, SagaStatus.COMPENSATING, plan(2))
+    assert [(s.index, s.status, s.result) for s in steps] == [
+        (0, StepStatus.COMPENSATED, "r0"), (1, StepStatus.FAILED, None),
+    ]  # fmt: skip
+    assert steps[0].compensation_finished_at is not None
+    assert store.finish_last_compensation(f"{saga_id}-unknown", 0, "c") == (False, None)

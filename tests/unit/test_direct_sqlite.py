@@ -31,6 +31,7 @@ from tests.support.store_rows import (
     claim_step,
     new_saga,
     plan,
+    record_the_last_compensation,
     refuse_a_second_claim_and_a_stale_record,
     run_two_steps,
 )
@@ -258,3 +259,9 @@ def test_the_status_poll_reads_on_the_driver_without_the_write_lock(
         other.rollback()
         other.close()
     assert calls.ran == ["SELECT", "SELECT"]
+
+
+def test_the_last_compensation_is_recorded_and_the_saga_read_after_it(store: SagaStore) -> None:
+    """On SQLite the last compensation's record, then the read of its saga after its
+    commit, answer as on PostgreSQL (there in one round trip)."""
+    record_the_last_compensation(store)
