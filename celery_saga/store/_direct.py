@@ -107,6 +107,9 @@ class Direct:
         self._begin = begin  # what starts each call's transaction (None: autocommit)
         self._compiled: dict[tuple[int, frozenset[str]], _Compiled | None] = {}
         self._statements: list[Executable] = []  # (keeps the keys' statements alive)
+        # psycopg's pipeline mode needs libpq 14 or later (the binary package's is)
+        pipeline = getattr(engine.dialect.loaded_dbapi, "Pipeline", None)
+        self._pipelines = begin is None and pipeline is not None and pipeline.is_supported()
 
     @classmethod
     def of(cls, engine: Engine | None) -> Direct | None:
@@ -236,10 +239,10 @@ class Direct:
         Sent together in psycopg's pipeline mode, the write in a ``BEGIN`` ... ``COMMIT``
         of its own, so that the reads start after its commit (and see whatever other
         sessions committed before them, as reads after a write would). The write's
-        result and each read's, in order. None, running nothing, on SQLite, or if one
-        of them cannot be run here.
+        result and each read's, in order. None, running nothing, on SQLite, with a libpq
+        older than 14 (no pipeline mode), or if one of them cannot be run here.
         """
-        if self._begin is not None:
+        if self._begin is not None or not self._pipelines:
             return None
         compiled = []
         for statement in (write, *reads):
@@ -310,9 +313,9 @@ class Direct:
                     cursor.execute(sql)
                 return done
             except dbapi_error as exc:
-                if begin is not None:
-                    self._roll_back(connection)
                 lost = dialect.is_disconnect(exc, connection.dbapi_connection, cursor)  # type: ignore[arg-type]
+                if (begin is not None or pipelined) and not lost:
+                    self._roll_back(connection)
                 if lost:  # as SQLAlchemy does: this one, and every older one of the pool
                     self.engine.pool._invalidate(connection, exc)
                 raise DBAPIError.instance(
@@ -338,8 +341,13 @@ class Direct:
 
     @staticmethod
     def _roll_back(connection: Any) -> None:
-        """End the failed transaction it began (SQLite), if it is still open."""
-        if not connection.dbapi_connection.in_transaction:
+        """End the failed transaction it began, if it is still open.
+
+        (SQLite's ``BEGIN IMMEDIATE``, or a pipeline's ``BEGIN`` whose write the server
+        refused: psycopg's ``rollback`` sends one only for an open transaction.)
+        """
+        driver = connection.dbapi_connection
+        if not getattr(driver, "in_transaction", True):  # (sqlite3 says; psycopg checks)
             return
         with contextlib.suppress(Exception):  # (its own error is the one to raise)
-            connection.dbapi_connection.rollback()
+            driver.rollback()

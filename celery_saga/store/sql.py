@@ -151,6 +151,16 @@ def _in_plan_order(
     return [started.get(step["index"]) or pending_step(saga_id, step) for step in plan["steps"]]
 
 
+def _loaded(
+    saga_id: str, row: Any, steps: Sequence[Any]
+) -> tuple[SagaRecord, list[StepRecord]] | None:
+    """A saga's row and its step rows as read, as records (None: no such saga)."""
+    if row is None:
+        return None
+    saga = saga_record(row)
+    return saga, _in_plan_order(saga_id, saga.plan, steps)
+
+
 def _recording(saga_id: str, index: int, token: str, result: Any) -> dict[str, Any]:
     """The parameters of the statements that record a step's result."""
     return {
@@ -705,11 +715,7 @@ class SagaStore(WaitStore):
             recorded = self._one(doing, COMPENSATION_DONE, params).rowcount == 1
             return recorded, self.load_saga(saga_id)
         written, found, rows = done
-        row = found.first()
-        if row is None:
-            return written.rowcount == 1, None
-        saga = saga_record(row)
-        return written.rowcount == 1, (saga, _in_plan_order(saga_id, saga.plan, rows.rows))
+        return written.rowcount == 1, _loaded(saga_id, found.first(), rows.rows)
 
     def give_back_compensation(self, saga_id: str, index: int, token: str, delay: float) -> bool:
         """Give a claimed compensation back unrun: no attempt counted, due in ``delay`` s.
@@ -1022,7 +1028,4 @@ class SagaStore(WaitStore):
             row, rows = self._read("read the saga", read)
         else:
             row, rows = found.first(), steps.rows
-        if row is None:
-            return None
-        saga = saga_record(row)
-        return saga, _in_plan_order(saga_id, saga.plan, rows)
+        return _loaded(saga_id, row, rows)

@@ -138,10 +138,14 @@ def test_a_failed_write_in_a_pipeline_leaves_its_connection_fit_to_reuse(
     store.ensure_schema()
     try:
         saga_id = new_saga(store)
+        raw = store.engines[-1].raw_connection()
+        pid = raw.dbapi_connection.info.backend_pid  # type: ignore[union-attr]
+        raw.close()
         with pytest.raises(SagaStoreError, match="invalid input syntax for type integer"):
             store.finish_last_compensation(saga_id, "x", "c")  # type: ignore[arg-type]
         raw = store.engines[-1].raw_connection()
-        try:
+        try:  # the same connection, not one that replaced it
+            assert raw.dbapi_connection.info.backend_pid == pid  # type: ignore[union-attr]
             assert raw.dbapi_connection.info.transaction_status == 0  # type: ignore[union-attr]
         finally:
             raw.close()
