@@ -16,9 +16,11 @@ engine's), and Python's ``sqlite3`` on a SQLite file, where each runs in a ``BEG
 IMMEDIATE`` transaction of its own, as the engine's ``begin`` event makes SQLAlchemy's
 (a write that reads first takes the write lock up front, and waits for it under the
 ``busy_timeout``); there a few statements may also run in one such transaction
-(:meth:`Direct.execute_in_turn`). A statement whose returned columns SQLAlchemy would
-convert (SQLite hands back JSON and timestamps as text) is left to SQLAlchemy, and so is
-a SQLite without ``RETURNING`` (before 3.35), whose claims read their rows back.
+(:meth:`Direct.execute_in_turn`); on PostgreSQL a write and the reads after it may go in
+one round trip (:meth:`Direct.write_then_read`, psycopg's pipeline mode). A statement
+whose returned columns SQLAlchemy would convert (SQLite hands back JSON and timestamps
+as text) is left to SQLAlchemy, and so is a SQLite without ``RETURNING`` (before 3.35),
+whose claims read their rows back.
 
 Whenever anything listens to the engine's statements (``before_cursor_execute`` or
 ``after_cursor_execute``: a tracing instrumentation, a test counting statements), every
@@ -223,13 +225,8 @@ class Direct:
         """
         if len(statements) > 1 and self._begin is None:
             return None
-        compiled = []
-        for statement in statements:
-            each = self._compile(statement, params)
-            if each is None:
-                return None
-            compiled.append(each)
-        return self._execute(compiled, params, go_on, self._begin)
+        compiled = self._compile_all(statements, params)
+        return None if compiled is None else self._execute(compiled, params, go_on, self._begin)
 
     def write_then_read(
         self, write: Executable, reads: Sequence[Executable], params: Mapping[str, Any]
@@ -244,13 +241,24 @@ class Direct:
         """
         if self._begin is not None or not self._pipelines:
             return None
+        compiled = self._compile_all((write, *reads), params)
+        return (
+            None
+            if compiled is None
+            else self._execute(compiled, params, None, None, pipelined=True)
+        )
+
+    def _compile_all(
+        self, statements: Sequence[Executable], params: Mapping[str, Any]
+    ) -> list[_Compiled] | None:
+        """Each statement compiled, or None if one of them cannot be run here."""
         compiled = []
-        for statement in (write, *reads):
+        for statement in statements:
             each = self._compile(statement, params)
             if each is None:
                 return None
             compiled.append(each)
-        return self._execute(compiled, params, None, None, pipelined=True)
+        return compiled
 
     def _execute(
         self,
