@@ -239,7 +239,7 @@ class Direct:
         result and each read's, in order. None, running nothing, on SQLite, with a libpq
         older than 14 (no pipeline mode), or if one of them cannot be run here.
         """
-        if self._begin is not None or not self._pipelines:
+        if not self._pipelines:  # (never on SQLite: its calls begin transactions)
             return None
         compiled = self._compile_all((write, *reads), params)
         return (
@@ -272,8 +272,8 @@ class Direct:
         """The compiled statements on one pooled connection, in a transaction if ``begin``.
 
         ``pipelined``: all sent at once (the first, a write, committed before the rest),
-        their results read after the pipeline's sync. (A failed write leaves its
-        transaction to the pool's rollback on return.)
+        their results read after the pipeline's sync. (A write the server refused
+        leaves its ``BEGIN`` open: rolled back here, as SQLite's failed transactions are.)
         """
         # (the parameters first: a bind processor's error is raised before anything is sent)
         prepared = [(each, self._values(each, params)) for each in compiled]
