@@ -8,9 +8,10 @@ objects (``benchmarks/README.md``). Here a statement is compiled once, its param
 go through the bind processors SQLAlchemy would apply (the JSON columns' encoding), and
 it runs on a connection of the same pool, whose driver adapters SQLAlchemy set up (the
 JSON encoder and decoder), through a cursor kept with that connection in the pool (a
-new cursor per statement cost psycopg about 0.02 ms, a sixth of a claim's CPU). A driver error is raised as the SQLAlchemy error that
-``Connection.execute`` raises for it, a lost connection invalidated in the pool the same
-way, so the store's error handling does not tell the two paths apart.
+new cursor per statement cost psycopg about 0.02 ms, a sixth of a claim's CPU). A
+driver error is raised as the SQLAlchemy error that ``Connection.execute`` raises for
+it, a lost connection invalidated in the pool the same way, so the store's error
+handling does not tell the two paths apart.
 
 Two drivers: psycopg 3 on PostgreSQL, where each statement runs in autocommit (the
 engine's), and Python's ``sqlite3`` on a SQLite file, where each runs in a ``BEGIN
