@@ -44,6 +44,11 @@ def plan(name: str) -> dict[str, Any]:
     return {"name": name, "steps": steps}
 
 
+def insert_one(store: SagaStore, rows: dict[str, dict[str, Any]], saga_id: str) -> None:
+    """Store the saga, as ``saga(...).apply_async()`` does before its first message."""
+    assert store.create_saga(rows[saga_id]) is None  # (None: stored, the id was free)
+
+
 def claim_one(
     store: SagaStore, index: int, tokens: dict[str, str], saga_id: str, **names: str
 ) -> None:
@@ -84,7 +89,8 @@ def main() -> None:
     for _ in range(options.rounds):
         ids = [uuid.uuid4().hex for _ in range(options.count)]
         tokens = {saga_id: uuid.uuid4().hex for saga_id in ids}
-        timed("insert the saga", lambda i: store.create_saga(saga_row(i, stored, utcnow())), ids)
+        rows = {saga_id: saga_row(saga_id, stored, utcnow()) for saga_id in ids}
+        timed("insert the saga", functools.partial(insert_one, store, rows), ids)
         for index in range(STEPS):
             last = index == STEPS - 1
             claim = functools.partial(
@@ -112,8 +118,10 @@ def main() -> None:
         driver: Any = held.connection.dbapi_connection
         assert isinstance(driver, psycopg.Connection)
         cursor = driver.cursor()
-        for _ in range(options.rounds + 1):  # (the first warms it up as the rounds did)
+        for warm in [True] + [False] * options.rounds:  # (warmed up as the store was)
             timed(floor, lambda _: cursor.execute(compiled.sql, values), ids)
+            if warm:
+                del best[floor]
     engine.dispose()
     completed = sum(store.get_status(i) is SagaStatus.COMPLETED for i in ids)
     store.dispose()

@@ -116,6 +116,9 @@ class Direct:
         # psycopg's pipeline mode needs libpq 14 or later (the binary package's is)
         pipeline = getattr(engine.dialect.loaded_dbapi, "Pipeline", None)
         self._pipelines = begin is None and pipeline is not None and pipeline.is_supported()
+        # a cursor kept with each pooled connection, unless the pool hands one connection
+        # to several threads at once (their statements would share the cursor's results)
+        self._keeps_cursors = not isinstance(engine.pool, StaticPool)
 
     @classmethod
     def of(cls, engine: Engine | None) -> Direct | None:
@@ -294,10 +297,14 @@ class Direct:
             # (one cursor per connection, kept with it in the pool: a new one costs more
             # CPU than a short statement's own work in the driver)
             driver: Any = connection.dbapi_connection
-            cursor = connection.info.get(_CURSOR)
+            cursor = connection.info.get(_CURSOR) if self._keeps_cursors else None
+            closing: list[Any] = []  # the cursors made for this call alone
             if cursor is None or cursor.connection is not driver:
-                cursor = connection.info[_CURSOR] = driver.cursor()
-            results: list[Any] = []  # (a pipeline's: one cursor per statement, closed after)
+                cursor = driver.cursor()
+                if self._keeps_cursors:
+                    connection.info[_CURSOR] = cursor
+                else:
+                    closing.append(cursor)
             sql = ""  # (the statement an error names, and its values)
             values: dict[str, Any] = {}
             try:
@@ -306,17 +313,18 @@ class Direct:
                     sql = begin
                     cursor.execute(sql)
                 if pipelined:  # each on a cursor of its own, read once all are answered
-                    results = [driver.cursor() for _ in prepared]
+                    into_each = [driver.cursor() for _ in prepared]
+                    closing += into_each
                     with driver.pipeline():
                         cursor.execute("BEGIN")
                         for number, ((each, values), into) in enumerate(
-                            zip(prepared, results, strict=True)
+                            zip(prepared, into_each, strict=True)
                         ):
                             sql = each.sql
                             into.execute(sql, values)
                             if not number:  # the write: committed before the reads
                                 cursor.execute("COMMIT")
-                    return [_written(opened) for opened in results]
+                    return [_written(opened) for opened in into_each]
                 for each, values in prepared:
                     sql, order = each.sql, each.order
                     cursor.execute(sql, values if order is None else [values[n] for n in order])
@@ -340,7 +348,7 @@ class Direct:
                 connection.invalidate(exc if isinstance(exc, Exception) else None)
                 raise
             finally:
-                for opened in results:
+                for opened in closing:
                     with contextlib.suppress(dbapi_error):  # (sqlite3's, once it is invalidated)
                         opened.close()
         finally:

@@ -15,12 +15,13 @@ from typing import Any
 
 import pytest
 from sqlalchemy import event
+from sqlalchemy.pool import StaticPool
 
 from celery_saga.errors import SagaStoreError
 from celery_saga.plan import saga_row
 from celery_saga.status import SagaStatus, StepStatus
 from celery_saga.store import ClaimOutcome, Completion, SagaStore
-from celery_saga.store._direct import Direct
+from celery_saga.store._direct import Direct, Written
 from celery_saga.store._statements import (
     CLAIM_COMPENSATION_RETURNING,
     COMPLETE_SAGA,
@@ -265,3 +266,57 @@ def test_the_last_compensation_is_recorded_and_the_saga_read_after_it(store: Sag
     """On SQLite the last compensation's record, then the read of its saga after its
     commit, answer as on PostgreSQL (there in one round trip)."""
     record_the_last_compensation(store)
+
+
+def test_each_pooled_connection_keeps_one_cursor_across_writes(tmp_path: Path) -> None:
+    """Writes on the driver reuse the cursor kept with their pooled connection, and an
+    invalidated connection's replacement gets a cursor of its own."""
+    one = SagaStore(f"sqlite:///{tmp_path / 'one.sqlite3'}", engine_options={
+        "pool_size": 1, "max_overflow": 0,
+    })  # fmt: skip
+
+    def kept_cursor() -> Any:
+        connection = one.engine.raw_connection()
+        try:
+            cursor = connection.info["celery_saga.cursor"]
+            assert cursor.connection is connection.dbapi_connection
+            return cursor
+        finally:
+            connection.close()
+
+    try:
+        one.ensure_schema()
+        saga_id = new_saga(one, steps=2)
+        kept = kept_cursor()
+        for index in range(2):
+            claim_step(one, saga_id, index, "t")
+            done = one.complete_step(saga_id, index, "t", index, last=index == 1)
+            assert done is not Completion.LOST
+            assert kept_cursor() is kept
+        connection = one.engine.raw_connection()
+        connection.invalidate()
+        connection.close()
+        assert one.get_status(saga_id) is SagaStatus.COMPLETED
+        assert kept_cursor() is not kept
+    finally:
+        one.dispose()
+
+
+def test_a_pool_sharing_one_connection_keeps_no_cursor(tmp_path: Path) -> None:
+    """On a pool that hands one connection to several threads at once, each call makes
+    a cursor of its own and closes it (kept, their results would mix)."""
+    shared = SagaStore(f"sqlite:///{tmp_path / 'shared.sqlite3'}", engine_options={
+        "poolclass": StaticPool, "connect_args": {"check_same_thread": False},
+    })  # fmt: skip
+    try:
+        shared.ensure_schema()
+        direct = Direct(shared.engine, begin="BEGIN IMMEDIATE")
+        params = {"p_saga": "x", "p_index": 0, "p_token": "t", "p_result": "1", "p_now": None}
+        assert direct.execute(COMPLETE_STEP, params) == Written(0, [])
+        connection = shared.engine.raw_connection()
+        try:
+            assert "celery_saga.cursor" not in connection.info
+        finally:
+            connection.close()
+    finally:
+        shared.dispose()
