@@ -29,11 +29,10 @@ from throughput import fresh_database
 import celery_saga
 from celery_saga import SagaStatus
 from celery_saga.plan import saga_row
-from celery_saga.store import SagaStore
+from celery_saga.store import ClaimOutcome, Completion, SagaStore
 from celery_saga.store._rows import utcnow
 from celery_saga.store._statements import COMPLETE_STEP
 from celery_saga.store.engine import make_engine
-from celery_saga.store.sql import ClaimOutcome, Completion
 
 STEPS = 3
 
@@ -46,7 +45,8 @@ def plan(name: str) -> dict[str, Any]:
 
 def insert_one(store: SagaStore, rows: dict[str, dict[str, Any]], saga_id: str) -> None:
     """Store the saga, as ``saga(...).apply_async()`` does before its first message."""
-    assert store.create_saga(rows[saga_id]) is None  # (None: stored, the id was free)
+    existing = store.create_saga(rows[saga_id])
+    assert existing is None  # (None: stored, the id was free)
 
 
 def claim_one(
