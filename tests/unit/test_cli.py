@@ -20,12 +20,14 @@ import pytest
 from celery import chain, group
 from celery.bin.base import CLIContext
 from click.testing import CliRunner, Result
+from sqlalchemy import update
 
 import celery_saga
 from celery_saga import SagaCompensated, SagaFailed, SagaResult, SagaStatus, StepStatus
 from celery_saga._runtime import get_store
 from celery_saga.cli import parse_duration, saga
 from celery_saga.store import SCHEMA_VERSION
+from celery_saga.store.schema import sagas as saga_table
 from tests.support.envs import ROOT, SagaEnv, sqlite_thread_env
 
 TIMEOUT = 30
@@ -498,11 +500,16 @@ def test_celery_command_entry_point(env: SagaEnv, sagas: Sagas, tmp_path: Path) 
 
 def test_retention_task_purges_what_saga_result_expires_says(tmp_path: Path) -> None:
     """celery_saga.purge deletes finished sagas older than saga_result_expires, nothing else."""
-    with sqlite_thread_env(tmp_path, "retention", saga_result_expires=0.5) as env:
+    with sqlite_thread_env(tmp_path, "retention", saga_result_expires=60) as env:
         sagas = Sagas(env)
         assert env.app.conf.beat_schedule["celery_saga.purge"]["task"] == "celery_saga.purge"
         assert env.app.tasks["celery_saga.purge"].apply().get() == 0  # none old enough yet
-        time.sleep(0.6)
+        with get_store(env.app).engine.begin() as connection:  # as if they ended long ago
+            connection.execute(
+                update(saga_table)
+                .where(saga_table.c.finished_at.is_not(None))
+                .values(finished_at=datetime(2026, 1, 1))
+            )
         assert env.app.tasks["celery_saga.purge"].apply().get() == 2
         left = {s["id"]: s["status"] for s in as_json(env, "list")}
         assert left == {sagas.failed: "FAILED", sagas.running: "RUNNING",
