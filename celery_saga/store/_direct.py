@@ -294,8 +294,6 @@ class Direct:
                 None, None, exc, dbapi_error, connection_invalidated=lost, dialect=dialect
             ) from exc
         try:
-            # (one cursor per connection, kept with it in the pool: a new one costs more
-            # CPU than a short statement's own work in the driver)
             driver: Any = connection.dbapi_connection
             cursor = connection.info.get(_CURSOR) if self._keeps_cursors else None
             closing: list[Any] = []  # the cursors made for this call alone

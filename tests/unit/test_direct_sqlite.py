@@ -21,7 +21,7 @@ from celery_saga.errors import SagaStoreError
 from celery_saga.plan import saga_row
 from celery_saga.status import SagaStatus, StepStatus
 from celery_saga.store import ClaimOutcome, Completion, SagaStore
-from celery_saga.store._direct import Direct, Written
+from celery_saga.store._direct import _CURSOR, Direct, Written
 from celery_saga.store._statements import (
     CLAIM_COMPENSATION_RETURNING,
     COMPLETE_SAGA,
@@ -278,7 +278,7 @@ def test_each_pooled_connection_keeps_one_cursor_across_writes(tmp_path: Path) -
     def kept_cursor() -> Any:
         connection = one.engine.raw_connection()
         try:
-            cursor = connection.info["celery_saga.cursor"]
+            cursor = connection.info[_CURSOR]
             assert cursor.connection is connection.dbapi_connection
             return cursor
         finally:
@@ -315,7 +315,7 @@ def test_a_pool_sharing_one_connection_keeps_no_cursor(tmp_path: Path) -> None:
         assert direct.execute(COMPLETE_STEP, params) == Written(0, [])
         connection = shared.engine.raw_connection()
         try:
-            assert "celery_saga.cursor" not in connection.info
+            assert _CURSOR not in connection.info
         finally:
             connection.close()
     finally:
